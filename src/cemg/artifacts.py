@@ -1,0 +1,101 @@
+"""Artifact folders: written atomically, described by a manifest, reused when inputs are unchanged.
+
+Every stage saves its artifact into one folder holding the stage's files plus `manifest.json`
+(stage name, config section, package versions, hash of the inputs). The folder is built under a
+temporary name and renamed into place, so a killed run never leaves a folder a later run trusts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (configs, upstream manifests' hashes, file digests)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import cemg
+
+    return {"cemg": cemg.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `final` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_manifest(folder: Path, stage: str, inputs_hash: str, config: Any = None, **extra: Any) -> None:
+    manifest = {
+        "stage": stage,
+        "inputs_hash": inputs_hash,
+        "config": config,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    }
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_fresh(folder: Path, inputs_hash: str) -> bool:
+    """True when `folder` holds a complete artifact built from the same inputs."""
+    manifest = read_manifest(folder)
+    return manifest is not None and manifest.get("inputs_hash") == inputs_hash

@@ -1,0 +1,1 @@
+"""Evaluation: metrics over rankings, the full-catalogue protocol, and the paper's studies."""
