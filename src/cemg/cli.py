@@ -62,7 +62,7 @@ def data_stats(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = S
     from cemg.data.load import load_dataset
 
     cfg = _config(config, set_, quiet)
-    stats = load_dataset(cfg.data, seed=cfg.seed).stats()
+    stats = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir).stats()
     print(f"dataset       {cfg.data.name}")
     print(f"#users        {stats['users']:,}")
     print(f"#items        {stats['items']:,}")

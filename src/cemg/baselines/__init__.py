@@ -1,0 +1,1 @@
+"""Sequential baselines in the same protocol: Popularity, SASRec, GRU4Rec."""

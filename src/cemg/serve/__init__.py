@@ -1,0 +1,1 @@
+"""Serving: the Python Recommender API and the HTTP service."""
