@@ -117,7 +117,10 @@ def encode(
     from cemg.features.pca import PCADimensionError
 
     cfg = _config(config, set_, quiet)
-    switches = {"use_text": cfg.features.use_text and not skip_text, "use_image": cfg.features.use_image and not skip_image}
+    switches = {
+        "use_text": cfg.features.use_text and not skip_text,
+        "use_image": cfg.features.use_image and not skip_image,
+    }
     cfg = cfg.model_copy(update={"features": cfg.features.model_copy(update=switches)})
     dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
     if cfg.features.use_text or cfg.features.use_image:
@@ -224,3 +227,42 @@ def tokenize(
     if "mean_alpha_text" in report["alphas"]:
         print(f"mean alpha: image {report['alphas']['mean_alpha_image']:.3f}, text {report['alphas']['mean_alpha_text']:.3f}")
     print(f"tokenizer: {report['n_items']:,} items in {folder}")
+
+
+# --- baselines --------------------------------------------------------------------------------
+
+
+@app.command("baseline")
+def baseline(
+    name: str = typer.Argument(..., help="pop, sasrec or gru4rec"),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train a sequential baseline on the training split, select it on validation, score valid and test."""
+    cfg = _config(config, set_, quiet)  # before the imports: it sets the progress-bar switch tqdm reads
+    from cemg.baselines import BASELINES, SequentialRecommender, train_baseline
+    from cemg.data.load import load_dataset
+    from cemg.data.split import leave_one_out
+    from cemg.evaluation.protocol import evaluate
+
+    if name not in BASELINES:
+        raise UserError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
+    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
+    split = leave_one_out(dataset, cfg.data.max_history)
+    model, report = train_baseline(name, split, cfg)
+    folder = cfg.run_dir / "baselines" / name
+    results = {part: evaluate(model, split, part, cfg.evaluation) for part in ("valid", "test")}
+    for part, result in results.items():
+        result.save(folder, part)
+    if report is not None:
+        report.save(folder / "training.json")
+    if isinstance(model, SequentialRecommender):
+        model.save(folder)
+    names = list(results["test"].metrics)
+    print(f"{name} on {cfg.data.name}" + "".join(f"  {m:>8}" for m in names))
+    for part, result in results.items():
+        print(f"{part:<10} all " + "".join(f"  {result.metrics[m]:8.4f}" for m in names))
+        print(f"{part:<10} cold" + "".join(f"  {result.cold_start[m]:8.4f}" for m in names)
+              + f"  ({result.n_cold:,} of {result.n_users:,} users)")
+    print(f"results in {folder}")

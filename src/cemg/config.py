@@ -79,7 +79,10 @@ class FeatureConfig(_Section):
     # Paper: PCA to a common dimension d; the value did not survive in our copy (chosen by validation).
     dim: int = 64
     pca_whiten: bool = False  # the paper names plain PCA
-    batch_size: int = 64
+    batch_size: int = 64  # texts per forward pass
+    # Images per forward pass. On CPU, bigger batches only add page-fault time (95 posters, 1 thread:
+    # same user time, system time 3.7 s at 16 vs 8.7 s at 64; see docs/results.md "Item features").
+    image_batch_size: int = 16
     use_text: bool = True
     use_image: bool = True
 
@@ -117,7 +120,7 @@ class TokenizerConfig(_Section):
     # Diversity term's soft assignment: "relative" softmax(-d^2 / (T * mean spread of d^2)), scale
     # invariant; "absolute" the vector-quantize-pytorch form softmax(-T * d).
     diversity_form: Literal["relative", "absolute"] = "relative"
-    diversity_temperature: float = 1.0
+    diversity_temperature: float = 0.3  # bench/tokenizer_sweep.py: 0.3 beat 1.0 and 0.1
 
 
 class GeneratorConfig(_Section):
@@ -137,6 +140,9 @@ class GeneratorConfig(_Section):
     # on CPU is the slow part of an epoch, so the default samples.
     valid_users: int | None = 2000
     eval_batch_size: int = 128  # users per beam-search batch
+    # How the decoder runs inside constrained beam search (src/cemg/generator/decoding.py); "packed"
+    # measured fastest on CPU (bench/generator_speed.py), all three give the same rankings.
+    decoding: Literal["packed", "cache", "recompute"] = "packed"
 
 
 class BaselineConfig(_Section):

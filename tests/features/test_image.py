@@ -1,0 +1,168 @@
+import functools
+import http.server
+import logging
+import sys
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+import cemg.features.image as image_module
+from cemg.data.errors import DataError
+from cemg.features.encoded import EncoderUnavailable
+from cemg.features.image import encode_images, resolve_image_model, safe_relative
+
+
+@pytest.fixture
+def folder(tmp_path, picture):
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(picture(1))
+    (root / "sub" / "b.jpg").write_bytes(picture(2))
+    (root / "c.jpg").write_bytes(picture(3, fmt="PNG"))  # PNG bytes under a .jpg name (ml1m 3575.jpg)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (root / "truncated.jpg").write_bytes(picture(4)[:300])
+    (tmp_path / "secret.png").write_bytes(picture(5, fmt="PNG"))
+    (root / "link.png").symlink_to(tmp_path / "secret.png")
+    return root
+
+
+@pytest.fixture
+def counted_builds(monkeypatch):
+    calls = {"builds": 0}
+    real = image_module.build_image_network
+
+    def build(spec, device):
+        calls["builds"] += 1
+        return real(spec, device)
+
+    monkeypatch.setattr(image_module, "build_image_network", build)
+    return calls
+
+
+def test_folder_images_missing_corrupt_and_refused(folder, caplog):
+    refs = ["a.jpg", None, "sub/b.jpg", "c.jpg", "broken.jpg", "truncated.jpg", "nope.jpg",
+            "../secret.png", "link.png", "/etc/passwd", "file:///etc/passwd", "./sub/../a.jpg"]
+    with caplog.at_level(logging.WARNING, logger="cemg.features.image"):
+        out = encode_images(refs, folder, batch_size=2)
+    assert out.vectors.shape == (12, 1280) and out.info["raw_dim"] == 1280
+    assert out.mask.tolist() == [True, False, True, True] + [False] * 7 + [True]
+    assert not out.vectors[~out.mask].any()
+    assert np.abs(out.vectors[out.mask]).sum(1).min() > 0
+    np.testing.assert_array_equal(out.vectors[0], out.vectors[11])  # the same file, normalised ref
+    assert not np.allclose(out.vectors[0], out.vectors[2])
+    assert out.info["missing"] == 8
+    assert out.info["missing_by_reason"] == {"absent": 1, "no_ref": 1, "refused": 4, "undecodable": 2}
+    assert "images missing for 8 of 12 items" in caplog.text
+    assert "'../secret.png' (item 7) leaves the image root" in caplog.text
+    assert "outside the image root" in caplog.text  # the symlink
+
+
+def test_tar_sources_match_the_folder(folder, tmp_path):
+    refs = ["a.jpg", "sub/b.jpg", "c.jpg", "broken.jpg", "gone.jpg", "../a.jpg"]
+    from_folder = encode_images(refs, folder)
+    for suffix, mode in ((".tar", "w"), (".tar.gz", "w:gz")):
+        archive = tmp_path / f"images{suffix}"
+        with tarfile.open(archive, mode) as tar:
+            for name in ("sub/b.jpg", "a.jpg", "c.jpg", "broken.jpg"):
+                tar.add(folder / name, arcname=f"./{name}")
+            tar.add(folder / "link.png", arcname="link.png")  # a symlink member is never followed
+        from_tar = encode_images(refs + ["link.png"], archive)
+        assert from_tar.mask.tolist() == [True, True, True, False, False, False, False]
+        np.testing.assert_allclose(from_tar.vectors[:6], from_folder.vectors, atol=1e-5)
+        assert from_tar.info["missing_by_reason"] == {"absent": 2, "refused": 1, "undecodable": 1}
+
+
+def test_cache_makes_a_rerun_skip_the_network(folder, tmp_path, counted_builds, picture):
+    refs = ["a.jpg", "sub/b.jpg", "broken.jpg"]
+    first = encode_images(refs, folder, cache_dir=tmp_path / "cache")
+    second = encode_images(refs, folder, cache_dir=tmp_path / "cache")
+    assert counted_builds["builds"] == 1
+    assert second.info["encoded"] == 0 and second.info["from_cache"] == 2
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    assert second.mask.tolist() == [True, True, False]  # failures are not cached as images
+    # Keyed by content: changed bytes under the same name are encoded again.
+    (folder / "a.jpg").write_bytes(picture(9))
+    third = encode_images(refs, folder, cache_dir=tmp_path / "cache")
+    assert third.info["encoded"] == 1 and not np.allclose(third.vectors[0], first.vectors[0])
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self):
+        type(self).hits.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_url_images_downloaded_once(tmp_path, picture):
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "p.jpg").write_bytes(picture(6))
+    handler = functools.partial(_CountingHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        refs = [f"{base}/p.jpg", f"{base}/missing.jpg"]
+        first = encode_images(refs, None, cache_dir=tmp_path / "cache")
+        second = encode_images(refs, None, cache_dir=tmp_path / "cache")
+    finally:
+        server.shutdown()
+    assert first.mask.tolist() == [True, False] and second.mask.tolist() == [True, False]
+    assert first.info["missing_by_reason"] == {"download_failed": 1}
+    assert _CountingHandler.hits.count("/p.jpg") == 1
+    assert list((tmp_path / "cache" / "images" / "downloads").glob("*.jpg"))
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+
+
+def test_downloads_stop_when_there_is_no_network(monkeypatch, caplog):
+    attempts = []
+
+    def offline(url, folder):
+        attempts.append(url)
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(image_module, "_download", offline)
+    refs = [f"http://images.invalid/{i}.jpg" for i in range(image_module.GIVE_UP_AFTER + 5)]
+    with caplog.at_level(logging.WARNING, logger="cemg.features.image"):
+        out = encode_images(refs, None)
+    assert len(attempts) == image_module.GIVE_UP_AFTER
+    assert out.info["missing_by_reason"] == {"download_failed": len(refs)} and not out.mask.any()
+    assert "not trying the others" in caplog.text
+
+
+def test_bad_image_root_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="image_root"):
+        encode_images(["a.jpg"], None)
+    with pytest.raises(DataError, match="not found"):
+        encode_images(["a.jpg"], tmp_path / "nowhere")
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(DataError, match="neither a folder nor a tar"):
+        encode_images(["a.jpg"], tmp_path / "plain.txt")
+
+
+def test_vgg16_without_torchvision(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now fails everywhere
+    with pytest.raises(EncoderUnavailable, match="needs torchvision"):
+        resolve_image_model("vgg16")
+    with caplog.at_level(logging.WARNING, logger="cemg.features.image"):
+        spec = resolve_image_model("auto")
+    assert spec.name == "efficientnet-lite0" and spec.dim == 1280
+    assert "VGG16 (the paper's image encoder) is unavailable" in caplog.text
+    with pytest.raises(EncoderUnavailable, match="unknown image model"):
+        resolve_image_model("resnet")
+
+
+@pytest.mark.parametrize(
+    "ref, expected",
+    [("a/b.jpg", "a/b.jpg"), ("./a//b.jpg", "a/b.jpg"), ("a/../b.jpg", "b.jpg"), ("a\\b.jpg", "a/b.jpg"),
+     ("../b.jpg", None), ("a/../../b.jpg", None), ("/etc/passwd", None), ("C:/x.jpg", None),
+     ("ftp://host/x.jpg", None), ("..", None)],
+)
+def test_safe_relative(ref, expected):
+    assert safe_relative(ref) == expected
