@@ -104,8 +104,10 @@ class TokenizerConfig(_Section):
     codebook_size: int = 256  # paper 4.2.3: K = 256 codes per codebook
     latent_dim: int = 32
     hidden_dims: list[int] = [256, 128]
-    beta: float = 0.25  # commitment weight; value lost in our copy, chosen by validation
-    gamma: float = 0.1  # diversity weight; value lost in our copy, chosen by validation
+    # beta (commitment) and gamma (diversity): values lost in our copy; chosen by the sweep in
+    # docs/results.md ## Tokenizer (bench/tokenizer_sweep.py): fewest collisions at equal reconstruction.
+    beta: float = 1.0
+    gamma: float = 0.1
     lr: float = 1e-3
     epochs: int = 300
     batch_size: int = 1024
@@ -140,9 +142,22 @@ class GeneratorConfig(_Section):
     # on CPU is the slow part of an epoch, so the default samples.
     valid_users: int | None = 2000
     eval_batch_size: int = 128  # users per beam-search batch
-    # How the decoder runs inside constrained beam search (src/cemg/generator/decoding.py); "packed"
-    # measured fastest on CPU (bench/generator_speed.py), all three give the same rankings.
+    # How the decoder runs inside constrained beam search (src/cemg/generator/decoding.py); all three
+    # give the same rankings, "packed" measured fastest or level on CPU (bench/generator_speed.py).
     decoding: Literal["packed", "cache", "recompute"] = "packed"
+    # Causal generator (src/cemg/generator/causal.py; not in the paper): a decoder-only transformer
+    # over one vector per history item, trained at every position like SASRec, emitting the next
+    # item's codes level by level. It shares lr, batch_size, beams, patience, weight_decay,
+    # warmup_ratio, grad_clip, eval_every, valid_users and eval_batch_size with the T5 path.
+    # Defaults chosen on Beauty by bench/causal_beauty.py (docs/results.md).
+    causal_backbone: Literal["gpt2", "llama"] = "gpt2"
+    causal_hidden: int = 64
+    causal_layers: int = 2
+    causal_heads: int = 2
+    causal_dropout: float = 0.3
+    causal_use_item_id: bool = False  # add a learned per-item embedding to the summed code embeddings
+    causal_tie_codes: bool = True  # level-l logits = head(z) . E_l (the input code embeddings)
+    causal_epochs: int = 200  # one window per user makes an epoch short; early stopping ends it
 
 
 class BaselineConfig(_Section):

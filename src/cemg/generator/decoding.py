@@ -1,0 +1,242 @@
+"""Constrained beam search over semantic ids (paper 4.2.4): every generated code sequence is an item.
+
+The item codes, sorted lexicographically, form a prefix tree whose nodes at depth l are the distinct
+length-l prefixes; the children of a node are a contiguous run of depth-(l+1) nodes, so each depth
+is a CSR table (`child_start`, `child_code`). One decoding step turns the beams' nodes into a dense
+(beams, K) table of next nodes with a few tensor ops, so the constraint costs no Python loop over
+beams. Hugging Face's `generate` takes a `prefix_allowed_tokens_fn` called per beam in Python, which
+is what this avoids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import T5ForConditionalGeneration
+
+from cemg.generator.vocab import SemanticVocabulary
+
+NEG_INF = float("-inf")
+
+
+class PrefixTree:
+    """The items' code prefixes as flat tensors; depth 0 is the root, depth L the items."""
+
+    def __init__(self, codes: np.ndarray, codebook_sizes: Sequence[int]):
+        codes = np.asarray(codes, dtype=np.int64)
+        n_items, levels = codes.shape
+        if n_items == 0:
+            raise ValueError("cannot build a prefix tree over an empty catalogue")
+        self.codebook_sizes = [int(k) for k in codebook_sizes]
+        self.levels = levels
+        self.n_items = n_items
+        order = np.lexsort(codes.T[::-1])  # rows sorted by code 0, then code 1, ...
+        ordered = codes[order]
+        # node_of_row[l][r]: depth-l node holding sorted row r; a new node starts where the
+        # length-l prefix changes.
+        node_of_row = [np.zeros(n_items, np.int64)]
+        for depth in range(1, levels + 1):
+            changed = (ordered[1:, :depth] != ordered[:-1, :depth]).any(axis=1)
+            node_of_row.append(np.concatenate([[0], np.cumsum(changed)]))
+        if node_of_row[levels][-1] + 1 != n_items:
+            raise ValueError("two items share a code sequence; constrained decoding needs unique ids")
+        self.n_nodes = [int(rows[-1]) + 1 for rows in node_of_row]
+        first_row = [np.searchsorted(rows, np.arange(n)) for rows, n in zip(node_of_row, self.n_nodes)]
+        self.child_start: list[torch.Tensor] = []  # depth l: (n_nodes[l] + 1,) into depth l+1 nodes
+        self.child_code: list[torch.Tensor] = [torch.zeros(1, dtype=torch.long)]  # depth l: (n_nodes[l],)
+        self.subtree_size: list[torch.Tensor] = []  # depth l: (n_nodes[l],) items below the node
+        self.ancestor: list[torch.Tensor] = []  # depth l: (n_items,) the item's depth-l node
+        inverse = np.empty(n_items, np.int64)
+        inverse[order] = np.arange(n_items)
+        for depth in range(levels + 1):
+            self.subtree_size.append(torch.from_numpy(np.bincount(node_of_row[depth])))
+            self.ancestor.append(torch.from_numpy(node_of_row[depth][inverse]))
+            if depth < levels:
+                parent = node_of_row[depth][first_row[depth + 1]]  # parent of each depth-(l+1) node
+                counts = np.bincount(parent, minlength=self.n_nodes[depth])
+                self.child_start.append(torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])))
+                self.child_code.append(torch.from_numpy(ordered[first_row[depth + 1], depth]))
+        self.leaf_item = torch.from_numpy(order)  # depth-L node -> item id
+
+    def to(self, device: torch.device | str) -> PrefixTree:
+        for name in ("child_start", "child_code", "subtree_size", "ancestor"):
+            setattr(self, name, [t.to(device) for t in getattr(self, name)])
+        self.leaf_item = self.leaf_item.to(device)
+        return self
+
+    def children(self, depth: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(R,) depth-l nodes (-1 = dead beam) -> (R, K_l) depth-(l+1) child per code, -1 where none."""
+        size = self.codebook_sizes[depth]
+        table = torch.full((len(nodes), size), -1, dtype=torch.long, device=nodes.device)
+        rows = torch.nonzero(nodes >= 0).squeeze(1)
+        start = self.child_start[depth][nodes[rows]]
+        count = self.child_start[depth][nodes[rows] + 1] - start
+        row_of = torch.repeat_interleave(rows, count)
+        first = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count)
+        child = first + torch.arange(len(row_of), device=nodes.device)  # consecutive within a row
+        table[row_of, self.child_code[depth + 1][child]] = child
+        return table
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Per depth: sorted keys (user * n_nodes + node) and how many of the user's excluded items lie
+    below that node. A node is dead for a user when all its items are excluded, so no beam is spent
+    on a prefix that could only end in an excluded item."""
+
+    keys: list[torch.Tensor]
+    counts: list[torch.Tensor]
+
+    @classmethod
+    def build(cls, tree: PrefixTree, exclude: Sequence[np.ndarray], device: torch.device | str) -> Exclusion:
+        users = np.concatenate([np.full(len(e), u, np.int64) for u, e in enumerate(exclude)] or [np.zeros(0, np.int64)])
+        items = np.concatenate([np.asarray(e, np.int64) for e in exclude] or [np.zeros(0, np.int64)])
+        if len(items) and (items.min() < 0 or items.max() >= tree.n_items):
+            raise ValueError(f"exclude holds an item id outside [0, {tree.n_items})")
+        pairs = np.unique(users * tree.n_items + items)  # repeated items count once
+        users_t = torch.from_numpy(pairs // tree.n_items).to(device)
+        items_t = torch.from_numpy(pairs % tree.n_items).to(device)
+        keys, counts = [], []
+        for depth in range(tree.levels + 1):
+            key = users_t * tree.n_nodes[depth] + tree.ancestor[depth].to(device)[items_t]
+            uniq, count = torch.unique(key, return_counts=True)
+            keys.append(uniq)
+            counts.append(count)
+        return cls(keys, counts)
+
+    def dead(self, tree: PrefixTree, depth: int, users: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """Boolean like `nodes` (depth-l node ids, -1 ignored): every item below is excluded."""
+        keys = self.keys[depth]
+        if len(keys) == 0:
+            return torch.zeros_like(nodes, dtype=torch.bool)
+        key = users * tree.n_nodes[depth] + nodes.clamp(min=0)
+        pos = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
+        excluded = torch.where(keys[pos] == key, self.counts[depth][pos], 0)
+        return (nodes >= 0) & (excluded >= tree.subtree_size[depth][nodes.clamp(min=0)])
+
+
+def _level_log_probs(model: T5ForConditionalGeneration, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """(R, d) decoder states -> (R, hi - lo) log-softmax over one level's tokens only.
+
+    Only the level's rows of the output layer are used: for a pretrained T5 the other 32k word
+    pieces would cost most of the step. The scaling mirrors T5ForConditionalGeneration's head
+    (tied embeddings are read through a d_model ** -0.5 factor); transformers 5 names the switch
+    `scale_decoder_outputs`, older releases use `tie_word_embeddings`.
+    """
+    config = model.config
+    if getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True)):
+        hidden = hidden * config.d_model**-0.5
+    logits = F.linear(hidden, model.get_output_embeddings().weight[lo:hi])
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _packed_mask(width: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, 1, Q, Q) additive mask, Q = width * length: causal inside each beam, blind across beams."""
+    pos = torch.arange(width * length, device=device)
+    beam, step = pos // length, pos % length
+    allowed = (beam[:, None] == beam[None, :]) & (step[None, :] <= step[:, None])
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+
+
+DECODE_MODES = ("packed", "cache", "recompute")
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: T5ForConditionalGeneration,
+    vocab: SemanticVocabulary,
+    tree: PrefixTree,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    beams: int,
+    exclusion: Exclusion | None = None,
+    mode: str = "packed",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-`beams` items per user, best first: (items (n, beams), scores (n, beams)).
+
+    A score is the sum over levels of log p(code_l | history, codes_<l), each normalised over that
+    level's tokens. Rows with fewer valid items than beams are padded with item -1 and score -inf.
+    The model must be in eval mode. The encoder runs once per user; the decoder, per `mode`:
+
+    - "packed": one row per user holding all its beams' prefixes side by side, with a mask that
+      keeps beams apart. T5's self-attention bias depends only on distances inside a beam and its
+      cross-attention has no position bias, so this is exact, and the encoder keys/values are
+      computed per user instead of per beam. Fastest, or level with "cache", on the 2-core CPU
+      (bench/generator_speed.py), and it needs no cache bookkeeping.
+    - "cache": one row per beam, one new token per step on the key/value cache; every beam holds
+      (and reads) its own copy of its user's cross-attention keys/values.
+    - "recompute": one row per beam, the whole (at most L-token) prefix each step, no cache.
+    """
+    if mode not in DECODE_MODES:
+        raise ValueError(f"unknown decoding mode {mode!r}; expected one of {DECODE_MODES}")
+    n, device = len(input_ids), input_ids.device
+    if n == 0:
+        return torch.zeros((0, beams), dtype=torch.long), torch.zeros((0, beams))
+    encoded = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    offsets = torch.as_tensor(vocab.level_offsets(), device=device)
+    users = torch.arange(n, device=device)
+    nodes = torch.zeros((n, 1), dtype=torch.long, device=device)  # (n, width) prefix-tree nodes
+    scores = torch.zeros((n, 1), device=device)
+    if exclusion is not None:
+        root_dead = exclusion.dead(tree, 0, users, nodes[:, 0])
+        nodes[root_dead] = -1
+        scores[root_dead] = NEG_INF
+    prefix = torch.full((n, 1), vocab.decoder_start_id, dtype=torch.long, device=device)  # (n * width, t)
+    enc_rows, mask_rows, cache = encoded, attention_mask, None
+    for depth in range(tree.levels):
+        width, size = nodes.shape[1], tree.codebook_sizes[depth]
+        if mode == "packed":
+            hidden = model.decoder(
+                input_ids=prefix.reshape(n, -1),
+                attention_mask=_packed_mask(width, depth + 1, encoded.dtype, device),
+                encoder_hidden_states=encoded,
+                encoder_attention_mask=attention_mask,
+                use_cache=False,
+            ).last_hidden_state  # (n, width * (depth + 1), d)
+            hidden = hidden.reshape(n * width, depth + 1, -1)[:, -1]
+        else:
+            out = model.decoder(
+                input_ids=prefix[:, -1:] if mode == "cache" else prefix,
+                encoder_hidden_states=enc_rows,
+                encoder_attention_mask=mask_rows,
+                past_key_values=cache,
+                use_cache=mode == "cache",
+            )
+            cache = out.past_key_values if mode == "cache" else None
+            hidden = out.last_hidden_state[:, -1]
+        log_probs = _level_log_probs(model, hidden, *vocab.level_range(depth))  # (n * width, K)
+        child = tree.children(depth, nodes.reshape(-1))  # (n * width, K)
+        allowed = child >= 0
+        if exclusion is not None:
+            allowed &= ~exclusion.dead(tree, depth + 1, users.repeat_interleave(width)[:, None], child)
+        candidates = torch.where(allowed, scores.reshape(-1, 1) + log_probs, NEG_INF).reshape(n, width * size)
+        keep = min(beams, width * size)
+        scores, picked = candidates.topk(keep, dim=1)  # sorted, best first
+        nodes = child.reshape(n, width * size).gather(1, picked)
+        nodes[scores == NEG_INF] = -1
+        if depth + 1 == tree.levels:
+            break
+        source = (users[:, None] * width + picked // size).reshape(-1)  # beam each survivor extends
+        token = offsets[depth] + picked % size
+        prefix = torch.cat([prefix[source], token.reshape(-1, 1)], dim=1)
+        if cache is not None:
+            # Beams never move between users, so the cross-attention keys/values (per user) are
+            # repeated once when the width changes instead of being gathered again every step.
+            cache.self_attention_cache.reorder_cache(source)
+            if keep != width:
+                cache.cross_attention_cache.reorder_cache((users * width).repeat_interleave(keep))
+        if keep != width and mode != "packed":
+            # Beams stay grouped by user (row = user * width + beam), so each user's encoder rows
+            # only need repeating when the width changes, not reordering every step.
+            enc_rows = encoded.repeat_interleave(keep, dim=0)
+            mask_rows = attention_mask.repeat_interleave(keep, dim=0)
+    items = torch.where(nodes >= 0, tree.leaf_item[nodes.clamp(min=0)], -1)
+    if items.shape[1] < beams:
+        pad = beams - items.shape[1]
+        items = F.pad(items, (0, pad), value=-1)
+        scores = F.pad(scores, (0, pad), value=NEG_INF)
+    return items, scores
