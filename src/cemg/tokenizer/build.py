@@ -1,0 +1,482 @@
+"""The tokenizer stage: fuse each item's modalities, train the RQ-VAE, and give every item a unique
+semantic id (paper 4.2.2.3 and 4.2.3).
+
+Choices the paper leaves open, and why:
+
+- Reconstruction target (`tokenizer.recon_target`). "inputs" (default): the decoder rebuilds the
+  item's raw, scaled inputs [v, t, e_c] (missing modalities left out of the loss), so the target does
+  not move with W_Q / W_K and the fusion weights are trained to mix the modalities in the way that
+  best preserves both of them through the bottleneck. "fused": the decoder rebuilds the fused
+  vector itself, under stop-gradient (without it the loss could shrink the target instead of fitting
+  it). The two are compared in docs/results.md (## Tokenizer).
+- Scaling. Each modality is divided by its root-mean-square value over the items that have it, so
+  that text, image and LightGCN vectors enter the dot products, the fused vector and the loss on a
+  common scale whatever their encoders produced. The scales are stored with the model.
+- Collisions. Items that share all M codes get one more level holding their index within the
+  colliding group (codebook size = the largest group), as in TIGER (Rajput et al. 2023). It never
+  fails, keeps every learned code as it is, and leaves non-colliding items' ids meaningful; moving
+  a colliding item to the nearest unused last-level code instead can run out of codes (a prefix
+  shared by more than K items) and gives that item a code its residual does not support. The extra
+  level is added only when there is a collision, so its presence is itself reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from cemg.collab.artifact import CollabEmbeddings
+from cemg.config import TokenizerConfig
+from cemg.features.artifact import ItemFeatures
+from cemg.tokenizer.fusion import MODALITIES, CollaborativeGuidedFusion
+from cemg.tokenizer.rqvae import RQVAE
+from cemg.tokenizer.semantic_ids import SemanticIds
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+REPORT_FILE = "report.json"
+IDS_DIR = "semantic_ids"
+_INIT_SAMPLE = 65_536  # k-means initialisation sees at most this many items (memory, not quality)
+_EVAL_BATCH = 8192
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerInputs:
+    """Scaled per-modality tensors; a modality the config switches off or the features lack is None."""
+
+    image: Tensor | None
+    image_mask: Tensor | None
+    text: Tensor | None
+    text_mask: Tensor | None
+    collab: Tensor | None
+    scales: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return next(x for x in (self.image, self.text, self.collab) if x is not None).shape[0]
+
+    def rows(self, idx: Tensor) -> TokenizerInputs:
+        pick = lambda x: None if x is None else x[idx]  # noqa: E731
+        return TokenizerInputs(
+            pick(self.image), pick(self.image_mask), pick(self.text), pick(self.text_mask), pick(self.collab), self.scales
+        )
+
+
+def _rms(x: np.ndarray, mask: np.ndarray | None) -> float:
+    rows = x if mask is None else x[mask]
+    value = float(np.sqrt(np.mean(rows.astype(np.float64) ** 2))) if rows.size else 0.0
+    return value if value > 0 else 1.0
+
+
+def prepare_inputs(
+    features: ItemFeatures,
+    collab: CollabEmbeddings | None,
+    cfg: TokenizerConfig,
+    device: str = "cpu",
+    scales: dict[str, float] | None = None,
+) -> TokenizerInputs:
+    """Check shapes, apply the ablation switches, scale each modality to unit RMS, move to `device`.
+    Pass a trained model's `scales` (TokenizerArtifact.model_state["scales"]) to encode new items
+    exactly as the training items were."""
+    fixed = scales or {}
+    n = features.n_items
+    use = {"image": cfg.use_image, "text": cfg.use_text}
+    arrays: dict[str, Any] = {}
+    scales = {}
+    dims = {}
+    for name in MODALITIES:
+        values, mask = getattr(features, name), getattr(features, f"{name}_mask")
+        if not use[name]:
+            arrays[name] = arrays[f"{name}_mask"] = None
+            continue
+        if values is None:
+            log.warning("tokenizer.use_%s is true but the features hold no %s vectors; fusing without it", name, name)
+            arrays[name] = arrays[f"{name}_mask"] = None
+            continue
+        if not np.isfinite(values[mask]).all():
+            raise ValueError(f"item features: non-finite values in the {name} vectors of present items")
+        scales[name] = fixed.get(name) or _rms(values, mask)
+        dims[name] = values.shape[1]
+        arrays[name] = torch.as_tensor(values / scales[name], dtype=torch.float32, device=device)
+        arrays[f"{name}_mask"] = torch.as_tensor(mask, dtype=torch.bool, device=device)
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"text and image features must share one dimension to be fused, got {dims}")
+
+    if cfg.use_collab:
+        if collab is None:
+            raise ValueError("tokenizer.use_collab is true but no collaborative embeddings were given")
+        if collab.items.shape[0] != n:
+            raise ValueError(f"collab embeddings cover {collab.items.shape[0]} items, features cover {n}")
+        if not np.isfinite(collab.items).all():
+            raise ValueError("collab embeddings: non-finite values")
+        scales["collab"] = fixed.get("collab") or _rms(collab.items, None)
+        arrays["collab"] = torch.as_tensor(collab.items / scales["collab"], dtype=torch.float32, device=device)
+    else:
+        arrays["collab"] = None
+    if all(arrays[m] is None for m in ("image", "text", "collab")):
+        raise ValueError("the tokenizer has no input: every modality is switched off or absent")
+    return TokenizerInputs(**arrays, scales=scales)
+
+
+# --- model --------------------------------------------------------------------------------------
+
+
+class TokenizerModel(nn.Module):
+    """Fusion followed by the RQ-VAE; W_Q and W_K train jointly with the RQ-VAE's loss."""
+
+    def __init__(
+        self,
+        content_dim: int,
+        collab_dim: int | None,
+        use_image: bool,
+        use_text: bool,
+        recon_target: str,
+        cfg: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.init_args = dict(
+            content_dim=content_dim, collab_dim=collab_dim, use_image=use_image, use_text=use_text,
+            recon_target=recon_target, cfg=cfg,
+        )
+        self.fusion = CollaborativeGuidedFusion(content_dim, collab_dim, use_image, use_text)
+        self.recon_target = recon_target
+        # Decoder output: the used modalities side by side, or the fused vector.
+        self.target_dims = {}
+        if recon_target == "inputs":
+            if use_image:
+                self.target_dims["image"] = content_dim
+            if use_text:
+                self.target_dims["text"] = content_dim
+            if collab_dim is not None:
+                self.target_dims["collab"] = collab_dim
+        else:
+            self.target_dims["fused"] = self.fusion.out_dim
+        self.rqvae = RQVAE(
+            in_dim=self.fusion.out_dim,
+            out_dim=sum(self.target_dims.values()),
+            latent_dim=cfg["latent_dim"],
+            hidden_dims=list(cfg["hidden_dims"]),
+            levels=cfg["levels"],
+            codebook_size=cfg["codebook_size"],
+            beta=cfg["beta"],
+            gamma=cfg["gamma"],
+            kmeans_init=cfg["kmeans_init"],
+            ema_decay=cfg["ema_decay"],
+            dead_code_threshold=cfg["dead_code_threshold"],
+            diversity_form=cfg["diversity_form"],
+            diversity_temperature=cfg["diversity_temperature"],
+        )
+
+    @classmethod
+    def for_inputs(cls, inputs: TokenizerInputs, cfg: TokenizerConfig) -> TokenizerModel:
+        content = next((x for x in (inputs.image, inputs.text) if x is not None), None)
+        return cls(
+            content_dim=content.shape[1] if content is not None else 0,
+            collab_dim=None if inputs.collab is None else inputs.collab.shape[1],
+            use_image=inputs.image is not None,
+            use_text=inputs.text is not None,
+            recon_target=cfg.recon_target,
+            cfg=cfg.model_dump(mode="json"),
+        )
+
+    def forward(self, batch: TokenizerInputs) -> dict[str, Tensor]:
+        fusion = self.fusion(batch.image, batch.image_mask, batch.text, batch.text_mask, batch.collab)
+        out = self.rqvae(fusion.fused)
+        recon_parts = {}
+        start = 0
+        for name, dim in self.target_dims.items():
+            pred = out.recon[:, start : start + dim]
+            start += dim
+            if name == "fused":
+                recon_parts[name] = ((pred - fusion.fused.detach()) ** 2).mean()
+                continue
+            target, mask = getattr(batch, name), getattr(batch, f"{name}_mask", None)
+            err = ((pred - target) ** 2).mean(dim=1)
+            if mask is not None:
+                err = err[mask]
+            recon_parts[name] = err.mean() if err.numel() else err.sum()
+        recon = torch.stack(list(recon_parts.values())).mean()
+        return {
+            "loss": recon + out.quant.loss,
+            "recon": recon,
+            "recon_parts": recon_parts,
+            "commitment": out.quant.commitment,
+            "diversity": out.quant.diversity,
+            "level_errors": out.quant.level_errors,
+            "latent_sq_norm": (out.latent.detach() ** 2).sum(dim=1).mean(),
+            "codes": out.quant.codes,
+            "alphas": fusion.alphas.detach(),
+        }
+
+
+# --- unique ids and statistics --------------------------------------------------------------------
+
+
+def make_unique(codes: np.ndarray, codebook_size: int | list[int]) -> tuple[SemanticIds, dict[str, Any]]:
+    """Append a disambiguation level when items share all codes (see the module docstring)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    n, levels = codes.shape
+    sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    colliding = counts[inverse] > 1
+    stats = {
+        "rate_before_fix": float(colliding.mean()) if n else 0.0,
+        "colliding_items": int(colliding.sum()),
+        "groups": int((counts > 1).sum()),
+        "max_group_size": int(counts.max()) if n else 0,
+        "extra_level": bool(n and counts.max() > 1),
+    }
+    if not stats["extra_level"]:
+        return SemanticIds(codes, sizes), stats
+    # Rank within the group in item order: stable, so re-running on the same codes gives the same ids.
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - starts[inverse[order]]
+    return SemanticIds(np.concatenate([codes, rank[:, None]], axis=1), [*sizes, int(counts.max())]), stats
+
+
+def level_stats(codes: np.ndarray, codebook_size: int) -> list[dict[str, float]]:
+    """Per level: share of the codebook in use, perplexity of code usage, and the share of items
+    whose prefix up to that level is shared with another item."""
+    out = []
+    for level in range(codes.shape[1]):
+        counts = np.bincount(codes[:, level], minlength=codebook_size)
+        p = counts[counts > 0] / counts.sum()
+        _, prefix_counts_inv, prefix_counts = np.unique(
+            codes[:, : level + 1], axis=0, return_inverse=True, return_counts=True
+        )
+        shared = prefix_counts[prefix_counts_inv.reshape(-1)] > 1
+        out.append({
+            "level": level + 1,
+            "used_codes": int((counts > 0).sum()),
+            "utilisation": float((counts > 0).mean()),
+            "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+            "prefix_shared_rate": float(shared.mean()),
+        })
+    return out
+
+
+def alpha_summary(alphas: np.ndarray, image_mask: np.ndarray | None, text_mask: np.ndarray | None) -> dict[str, Any]:
+    n = len(alphas)
+    has_image = image_mask if image_mask is not None else np.zeros(n, bool)
+    has_text = text_mask if text_mask is not None else np.zeros(n, bool)
+    both = has_image & has_text
+    summary: dict[str, Any] = {
+        "items_both": int(both.sum()),
+        "items_image_only": int((has_image & ~has_text).sum()),
+        "items_text_only": int((has_text & ~has_image).sum()),
+        "items_neither": int((~has_image & ~has_text).sum()),
+    }
+    some = has_image | has_text
+    if some.any():
+        summary["mean_alpha_image"] = float(alphas[some, 0].mean())
+        summary["mean_alpha_text"] = float(alphas[some, 1].mean())
+    if both.any():
+        a_t = alphas[both, 1]
+        summary["both_mean_alpha_text"] = float(a_t.mean())
+        summary["both_std_alpha_text"] = float(a_t.std())
+        summary["both_alpha_text_quantiles"] = {
+            str(q): float(v) for q, v in zip((5, 25, 50, 75, 95), np.percentile(a_t, [5, 25, 50, 75, 95]))
+        }
+    return summary
+
+
+# --- artifact -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenizerArtifact:
+    semantic_ids: SemanticIds
+    report: dict[str, Any]
+    model_state: dict[str, Any]  # {"init_args", "scales", "state_dict"}: enough to rebuild the model
+
+    def save(self, folder: Path) -> None:
+        import json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.semantic_ids.save(folder / IDS_DIR)
+        (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=2), encoding="utf-8")
+        torch.save(self.model_state, folder / MODEL_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> TokenizerArtifact:
+        import json
+
+        folder = Path(folder)
+        report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        return cls(SemanticIds.load(folder / IDS_DIR), report, state)
+
+    def model(self) -> TokenizerModel:
+        model = TokenizerModel(**self.model_state["init_args"])
+        # The codebooks are k-means-initialised buffers; loading marks them initialised already.
+        model.load_state_dict(self.model_state["state_dict"])
+        return model.eval()
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def _evaluate(model: TokenizerModel, inputs: TokenizerInputs) -> dict[str, Any]:
+    model.eval()
+    n = inputs.n_items
+    codes, alphas, recon_sum, parts_sum, level_err, latent_sq = [], [], 0.0, {}, 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, n, _EVAL_BATCH):
+            idx = torch.arange(start, min(n, start + _EVAL_BATCH), device=_device_of(inputs))
+            out = model(inputs.rows(idx))
+            w = len(idx) / n
+            codes.append(out["codes"].cpu())
+            alphas.append(out["alphas"].cpu())
+            recon_sum += float(out["recon"]) * w
+            for k, v in out["recon_parts"].items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * w
+            level_err = level_err + out["level_errors"].cpu().numpy() * w
+            latent_sq += float(out["latent_sq_norm"]) * w
+    return {
+        "codes": torch.cat(codes).numpy().astype(np.int64),
+        "alphas": torch.cat(alphas).numpy(),
+        "recon": recon_sum,
+        "recon_parts": parts_sum,
+        "level_errors": np.asarray(level_err, dtype=float).tolist(),
+        "latent_sq_norm": latent_sq,
+    }
+
+
+def _device_of(inputs: TokenizerInputs) -> torch.device:
+    return next(x for x in (inputs.image, inputs.text, inputs.collab) if x is not None).device
+
+
+def train_tokenizer_model(
+    inputs: TokenizerInputs, cfg: TokenizerConfig, seed: int
+) -> tuple[TokenizerModel, dict[str, Any]]:
+    """Train fusion + RQ-VAE on all items; returns the model (eval mode) and the training curve."""
+    device = _device_of(inputs)
+    torch.manual_seed(seed)
+    model = TokenizerModel.for_inputs(inputs, cfg).to(device)
+    n = inputs.n_items
+    shuffle = torch.Generator().manual_seed(seed)
+
+    if cfg.kmeans_init:
+        # One no-grad pass in training mode runs each level's k-means on (a sample of) all items,
+        # level after level on the residuals left by the previous one.
+        idx = torch.randperm(n, generator=shuffle)[:_INIT_SAMPLE].to(device)
+        model.train()
+        with torch.no_grad():
+            model(inputs.rows(idx))
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    log_every = max(1, cfg.epochs // 10)
+    curve = []
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc="tokenizer", unit="epoch", leave=False)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        sums = {"loss": 0.0, "recon": 0.0, "latent_sq_norm": 0.0}
+        commit = torch.zeros(cfg.levels)
+        div = torch.zeros(cfg.levels)
+        for b in range(steps_per_epoch):
+            out = model(inputs.rows(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]))
+            optimiser.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            optimiser.step()
+            sums["loss"] += out["loss"].item() / steps_per_epoch
+            sums["recon"] += out["recon"].item() / steps_per_epoch
+            sums["latent_sq_norm"] += float(out["latent_sq_norm"]) / steps_per_epoch
+            commit += out["commitment"].cpu() / steps_per_epoch
+            div += out["diversity"].cpu() / steps_per_epoch
+        bar.set_postfix(loss=f"{sums['loss']:.4f}", recon=f"{sums['recon']:.4f}")
+        if (epoch + 1) % log_every == 0 or epoch + 1 == cfg.epochs:
+            point = {"epoch": epoch + 1, **sums, "commitment": commit.tolist(), "diversity": div.tolist()}
+            curve.append(point)
+            log.info(
+                "tokenizer epoch %d/%d: loss %.4f recon %.4f |z|^2 %.3g commitment %s diversity %s",
+                epoch + 1, cfg.epochs, sums["loss"], sums["recon"], sums["latent_sq_norm"],
+                [round(c, 4) for c in commit.tolist()], [round(d, 3) for d in div.tolist()],
+            )
+    seconds = time.perf_counter() - start
+    model.eval()
+    return model, {"epochs": cfg.epochs, "steps": cfg.epochs * steps_per_epoch, "seconds": seconds, "curve": curve}
+
+
+def build_tokenizer(
+    features: ItemFeatures,
+    collab: CollabEmbeddings | None,
+    cfg: TokenizerConfig,
+    seed: int,
+    device: str = "cpu",
+) -> TokenizerArtifact:
+    """Paper 4.2.2.3 + 4.2.3 end to end: semantic ids for every item, a report, and the model."""
+    inputs = prepare_inputs(features, collab if cfg.use_collab else None, cfg, device)
+    n = inputs.n_items
+    log.info(
+        "tokenizer: %d items, modalities %s, M=%d K=%d, %d epochs on %s",
+        n, [m for m in ("image", "text", "collab") if getattr(inputs, m) is not None],
+        cfg.levels, cfg.codebook_size, cfg.epochs, device,
+    )
+    model, training = train_tokenizer_model(inputs, cfg, seed)
+    final = _evaluate(model, inputs)
+    ids, collisions = make_unique(final["codes"], cfg.codebook_size)
+
+    levels = level_stats(final["codes"], cfg.codebook_size)
+    for entry, err in zip(levels, final["level_errors"]):
+        entry["latent_error"] = err  # mean ||z - sum of codes up to this level||^2
+        entry["relative_latent_error"] = err / final["latent_sq_norm"] if final["latent_sq_norm"] > 0 else 0.0
+    to_np = lambda x: None if x is None else x.cpu().numpy()  # noqa: E731
+    report = {
+        "n_items": n,
+        "inputs": {
+            "modalities": [m for m in ("image", "text", "collab") if getattr(inputs, m) is not None],
+            "scales": inputs.scales,
+            "fused_dim": model.fusion.out_dim,
+            "recon_target": cfg.recon_target,
+        },
+        "training": training,
+        "reconstruction": {"mse": final["recon"], **{f"mse_{k}": v for k, v in final["recon_parts"].items()}},
+        "levels": levels,
+        "collisions": collisions,
+        "semantic_ids": {"levels": ids.levels, "codebook_sizes": ids.codebook_sizes},
+        "alphas": alpha_summary(final["alphas"], to_np(inputs.image_mask), to_np(inputs.text_mask)),
+    }
+    log.info(
+        "tokenizer: trained in %.1fs; recon %.4f; utilisation %s; perplexity %s; collisions %.2f%% "
+        "(%d items, largest group %d) -> %d levels",
+        training["seconds"], final["recon"], [round(e["utilisation"], 3) for e in levels],
+        [round(e["perplexity"], 1) for e in levels], 100 * collisions["rate_before_fix"],
+        collisions["colliding_items"], collisions["max_group_size"], ids.levels,
+    )
+    state = {
+        "init_args": model.init_args,
+        "scales": inputs.scales,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    return TokenizerArtifact(ids, report, state)
+
+
+def build_semantic_ids(
+    features: ItemFeatures,
+    collab: CollabEmbeddings | None,
+    cfg: TokenizerConfig,
+    seed: int,
+    device: str = "cpu",
+) -> tuple[SemanticIds, dict[str, Any]]:
+    artifact = build_tokenizer(features, collab, cfg, seed, device)
+    return artifact.semantic_ids, artifact.report

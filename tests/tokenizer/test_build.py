@@ -1,0 +1,157 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cemg.artifacts import read_manifest
+from cemg.collab.artifact import CollabEmbeddings
+from cemg.config import TokenizerConfig
+from cemg.features.artifact import ItemFeatures
+from cemg.tokenizer.build import (
+    TokenizerArtifact,
+    build_semantic_ids,
+    build_tokenizer,
+    level_stats,
+    make_unique,
+    prepare_inputs,
+)
+from cemg.tokenizer.semantic_ids import SemanticIds
+
+TINY = dict(levels=2, codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=3, batch_size=32)
+
+
+def _data(n=60, d=6, dc=5, seed=0, image_missing=0.3):
+    rng = np.random.default_rng(seed)
+    image_mask = rng.random(n) > image_missing
+    image = rng.normal(size=(n, d)).astype(np.float32) * image_mask[:, None]
+    features = ItemFeatures(n, rng.normal(size=(n, d)).astype(np.float32), np.ones(n, bool), image, image_mask)
+    collab = CollabEmbeddings(np.zeros((3, dc), np.float32), rng.normal(size=(n, dc)).astype(np.float32))
+    return features, collab
+
+
+def test_make_unique_adds_a_level_only_for_collisions():
+    codes = np.array([[0, 1], [0, 1], [2, 3], [0, 1], [2, 0]])
+    ids, stats = make_unique(codes, 4)
+    assert ids.codebook_sizes == [4, 4, 3]
+    assert ids.codes[:, 2].tolist() == [0, 1, 0, 2, 0]
+    assert stats == {"rate_before_fix": 0.6, "colliding_items": 3, "groups": 1, "max_group_size": 3, "extra_level": True}
+
+    ids, stats = make_unique(np.array([[0, 1], [1, 1]]), 4)
+    assert ids.levels == 2 and not stats["extra_level"] and stats["rate_before_fix"] == 0.0
+
+
+def test_level_stats_utilisation_and_perplexity():
+    codes = np.array([[0, 0], [1, 0], [2, 0], [3, 1]])
+    first, second = level_stats(codes, 8)
+    assert first["utilisation"] == 0.5 and first["perplexity"] == pytest.approx(4.0)
+    assert first["prefix_shared_rate"] == 0.0
+    assert second["used_codes"] == 2 and second["perplexity"] == pytest.approx(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))
+
+
+def test_identical_items_still_get_unique_ids():
+    n, d = 24, 4
+    features = ItemFeatures(n, np.ones((n, d), np.float32), np.ones(n, bool))
+    collab = CollabEmbeddings(np.zeros((1, d), np.float32), np.ones((n, d), np.float32))
+    ids, report = build_semantic_ids(features, collab, TokenizerConfig(**TINY, use_image=False), seed=0)
+    assert ids.n_items == n and len({tuple(r) for r in ids.codes.tolist()}) == n
+    assert report["collisions"]["rate_before_fix"] == 1.0
+    assert ids.levels == 3 and ids.codebook_sizes[-1] == n
+
+
+def test_report_and_determinism():
+    features, collab = _data()
+    cfg = TokenizerConfig(**TINY)
+    ids, report = build_semantic_ids(features, collab, cfg, seed=3)
+    again, _ = build_semantic_ids(features, collab, cfg, seed=3)
+    assert np.array_equal(ids.codes, again.codes)
+    assert [lv["level"] for lv in report["levels"]] == [1, 2]
+    for lv in report["levels"]:
+        assert 0 < lv["utilisation"] <= 1 and 1 <= lv["perplexity"] <= 8
+    assert report["levels"][1]["latent_error"] <= report["levels"][0]["latent_error"]
+    alphas = report["alphas"]
+    assert alphas["items_both"] + alphas["items_text_only"] == 60
+    assert alphas["mean_alpha_image"] + alphas["mean_alpha_text"] == pytest.approx(1.0)
+    assert report["inputs"]["fused_dim"] == 6 + 5
+    assert set(report["reconstruction"]) == {"mse", "mse_image", "mse_text", "mse_collab"}
+    json.dumps(report)  # the report must be JSON-serialisable as it is
+
+
+@pytest.mark.parametrize(
+    "switches, fused_dim, modalities",
+    [
+        ({}, 11, ["image", "text", "collab"]),
+        ({"use_collab": False}, 6, ["image", "text"]),
+        ({"use_image": False}, 11, ["text", "collab"]),
+        ({"use_text": False}, 11, ["image", "collab"]),
+        ({"use_image": False, "use_text": False}, 5, ["collab"]),
+        ({"recon_target": "fused"}, 11, ["image", "text", "collab"]),
+    ],
+)
+def test_ablation_switches_change_the_fused_dimension(switches, fused_dim, modalities):
+    features, collab = _data()
+    cfg = TokenizerConfig(**{**TINY, "epochs": 1, **switches})
+    _, report = build_semantic_ids(features, collab, cfg, seed=0)
+    assert report["inputs"]["fused_dim"] == fused_dim
+    assert report["inputs"]["modalities"] == modalities
+    if not cfg.use_image:
+        assert report["alphas"]["items_both"] == 0
+
+
+def test_artifact_round_trip_and_model_reencodes_the_same_codes(tmp_path):
+    features, collab = _data()
+    cfg = TokenizerConfig(**TINY)
+    artifact = build_tokenizer(features, collab, cfg, seed=0)
+    artifact.save(tmp_path / "tok")
+    loaded = TokenizerArtifact.load(tmp_path / "tok")
+    assert np.array_equal(loaded.semantic_ids.codes, artifact.semantic_ids.codes)
+    assert loaded.semantic_ids.codebook_sizes == artifact.semantic_ids.codebook_sizes
+    assert loaded.report == json.loads(json.dumps(artifact.report))
+
+    model = loaded.model()
+    inputs = prepare_inputs(features, collab, cfg, scales=loaded.model_state["scales"])
+    assert inputs.scales == artifact.model_state["scales"]
+    with torch.no_grad():
+        codes = model(inputs).get("codes").numpy()
+    assert np.array_equal(codes, artifact.semantic_ids.codes[:, : cfg.levels])
+
+
+def test_semantic_ids_round_trip(tmp_path):
+    ids = SemanticIds(np.array([[0, 1, 0], [0, 1, 1], [3, 2, 0]], dtype=np.int64), [4, 4, 2])
+    ids.save(tmp_path)
+    back = SemanticIds.load(tmp_path)
+    assert np.array_equal(back.codes, ids.codes) and back.codebook_sizes == ids.codebook_sizes
+
+
+def test_bad_inputs_are_named():
+    features, collab = _data()
+    with pytest.raises(ValueError, match="use_collab"):
+        build_semantic_ids(features, None, TokenizerConfig(**TINY), seed=0)
+    short = CollabEmbeddings(collab.users, collab.items[:10])
+    with pytest.raises(ValueError, match="cover 10 items"):
+        build_semantic_ids(features, short, TokenizerConfig(**TINY), seed=0)
+    odd = ItemFeatures(60, features.text, features.text_mask, features.image[:, :3], features.image_mask)
+    with pytest.raises(ValueError, match="share one dimension"):
+        build_semantic_ids(odd, collab, TokenizerConfig(**TINY), seed=0)
+
+
+def test_cli_tokenize_writes_the_artifact_and_reuses_it(tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from cemg.artifacts import write_manifest
+    from cemg.cli import app
+
+    features, collab = _data()
+    for name, artifact in (("features", features), ("collab", collab)):
+        artifact.save(tmp_path / name)
+        write_manifest(tmp_path / name, name, f"hash-{name}")
+    overrides = [f"run_dir={tmp_path}", *(f"tokenizer.{k}={v}" for k, v in TINY.items())]
+    args = ["tokenize", "-q", *sum((["--set", o] for o in overrides), [])]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "collisions before the fix" in first.output
+    assert read_manifest(tmp_path / "tokenizer")["stage"] == "tokenizer"
+    assert TokenizerArtifact.load(tmp_path / "tokenizer").semantic_ids.n_items == 60
+    second = runner.invoke(app, args)
+    assert "up to date" in second.output
