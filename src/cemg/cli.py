@@ -110,11 +110,9 @@ def encode(
     quiet: bool = QuietOpt,
 ) -> None:
     """Encode item text and images (PCA to d) into RUN_DIR/features and train LightGCN into RUN_DIR/collab."""
-    from cemg.artifacts import is_fresh
-    from cemg.data.load import load_dataset
-    from cemg.features.encode import encode_items, features_inputs_hash, save_item_features
     from cemg.features.encoded import EncoderUnavailable
     from cemg.features.pca import PCADimensionError
+    from cemg.pipeline import run_pipeline
 
     cfg = _config(config, set_, quiet)
     switches = {
@@ -122,58 +120,28 @@ def encode(
         "use_image": cfg.features.use_image and not skip_image,
     }
     cfg = cfg.model_copy(update={"features": cfg.features.model_copy(update=switches)})
-    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
-    if cfg.features.use_text or cfg.features.use_image:
-        folder = cfg.run_dir / "features"
-        inputs = features_inputs_hash(dataset, cfg)
-        if is_fresh(folder, inputs) and not force:
-            print(f"features: up to date in {folder}")
-        else:
-            try:
-                features = encode_items(dataset, cfg)
-            except (EncoderUnavailable, PCADimensionError) as err:
-                raise UserError(str(err)) from None
-            save_item_features(features, folder, inputs, cfg)
-            for name in ("text", "image"):
-                part = features.info.get(name, {})
-                if "pca" in part:
-                    print(f"{name:6s} {part['model']}: {part['present']:,}/{part['items']:,} items, "
-                          f"{part['raw_dim']} -> {part['pca']['dim']} dims, "
-                          f"explained variance {part['pca']['explained_variance']:.3f}, {part['seconds']:.1f} s")
-                else:
-                    print(f"{name:6s} skipped: {part.get('skipped', '')}")
-            print(f"features: {folder} (peak memory {features.info['peak_rss_mb']:,.0f} MB)")
-    if not skip_collab:
-        _encode_collab(cfg, dataset, force)
-
-
-def _encode_collab(cfg: CEMGConfig, dataset, force: bool) -> None:
-    import hashlib
-
-    import numpy as np
-
-    from cemg.artifacts import atomic_dir, fingerprint, is_fresh, write_manifest
-    from cemg.config import resolve_device
-    from cemg.data.split import leave_one_out
-
     try:
-        from cemg.collab.lightgcn import train_lightgcn
-    except ImportError as err:
-        raise UserError(f"the collab stage is not available ({err}); rerun with --skip-collab") from None
-    split = leave_one_out(dataset, cfg.data.max_history)
-    digest = hashlib.sha256()
-    for seq in split.train:
-        digest.update(np.asarray(seq, np.int64).tobytes() + b"|")
-    inputs = fingerprint("collab", digest.hexdigest(), dataset.n_items, cfg.collab.model_dump(), cfg.seed)
-    folder = cfg.run_dir / "collab"
-    if is_fresh(folder, inputs) and not force:
-        print(f"collab: up to date in {folder}")
-        return
-    embeddings = train_lightgcn(split, cfg.collab, cfg.seed, resolve_device(cfg.device))
-    with atomic_dir(folder) as tmp:
-        embeddings.save(tmp)
-        write_manifest(tmp, "collab", inputs, cfg.collab.model_dump())
-    print(f"collab: {embeddings.items.shape[0]:,} item embeddings of dim {embeddings.items.shape[1]} in {folder}")
+        result = run_pipeline(
+            cfg, stop_after="features" if skip_collab else "collab",
+            force=("features", "collab") if force else (),
+        )
+    except (EncoderUnavailable, PCADimensionError) as err:
+        raise UserError(str(err)) from None
+    features = result.artifacts["features"]
+    for name in ("text", "image"):
+        part = features.info.get(name, {})
+        if "pca" in part:
+            print(f"{name:6s} {part['model']}: {part['present']:,}/{part['items']:,} items, "
+                  f"{part['raw_dim']} -> {part['pca']['dim']} dims, "
+                  f"explained variance {part['pca']['explained_variance']:.3f}, {part['seconds']:.1f} s")
+        else:
+            print(f"{name:6s} skipped: {part.get('skipped', '')}")
+    if "collab" in result.artifacts:
+        info = result.artifacts["collab"].info
+        print(f"collab LightGCN: valid Recall@{cfg.collab.valid_k} {info.get('best_valid_recall', float('nan')):.4f} "
+              f"(popularity {info.get('pop_valid_recall', float('nan')):.4f})")
+    _print_stage_times(result)
+    print(f"artifacts in {result.run_dir}")
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -186,38 +154,15 @@ def tokenize(
     force: bool = typer.Option(False, "--force", help="Rebuild even when RUN_DIR/tokenizer is up to date."),
     quiet: bool = QuietOpt,
 ) -> None:
-    """Fuse RUN_DIR/features with RUN_DIR/collab, train the RQ-VAE and write semantic ids to RUN_DIR/tokenizer."""
-    from cemg.artifacts import atomic_dir, fingerprint, is_fresh, read_manifest, write_manifest
-    from cemg.collab.artifact import CollabEmbeddings
-    from cemg.config import resolve_device
-    from cemg.features.artifact import ItemFeatures
-    from cemg.tokenizer.build import build_tokenizer
+    """Fuse item features with collaborative embeddings, train the RQ-VAE, write semantic ids to RUN_DIR/tokenizer."""
+    from cemg.pipeline import run_pipeline
 
     cfg = _config(config, set_, quiet)
-    folders = {"features": cfg.run_dir / "features", "collab": cfg.run_dir / "collab"}
-    needed = ["features", "collab"] if cfg.tokenizer.use_collab else ["features"]
-    for name in needed:
-        if read_manifest(folders[name]) is None:
-            hint = " (or set tokenizer.use_collab=false)" if name == "collab" else ""
-            raise UserError(f"{folders[name]}: no {name} artifact; run `cemg encode` first{hint}")
-    features = ItemFeatures.load(folders["features"])
-    collab = CollabEmbeddings.load(folders["collab"]) if cfg.tokenizer.use_collab else None
-    # Same recipe as the pipeline runner, so either can reuse the other's tokenizer artifact.
-    upstream = [(read_manifest(folders[name]) or {}).get("inputs_hash") for name in ("features", "collab")]
-    inputs = fingerprint("tokenizer", *upstream, cfg.tokenizer.model_dump(mode="json"), cfg.seed)
-    folder = cfg.run_dir / "tokenizer"
-    if is_fresh(folder, inputs) and not force:
-        print(f"tokenizer: up to date in {folder}")
-        return
     try:
-        artifact = build_tokenizer(features, collab, cfg.tokenizer, cfg.seed, resolve_device(cfg.device))
+        result = run_pipeline(cfg, stop_after="tokenizer", force=("tokenizer",) if force else ())
     except ValueError as err:
         raise UserError(str(err)) from None
-    with atomic_dir(folder) as tmp:
-        artifact.save(tmp)
-        write_manifest(tmp, "tokenizer", inputs, cfg.tokenizer.model_dump(mode="json"),
-                       seconds=artifact.report["training"]["seconds"])
-    report = artifact.report
+    report = result.artifacts["tokenizer"].report
     for level in report["levels"]:
         print(f"level {level['level']}: {level['used_codes']}/{cfg.tokenizer.codebook_size} codes used, "
               f"perplexity {level['perplexity']:.1f}, relative latent error {level['relative_latent_error']:.3f}")
@@ -226,7 +171,8 @@ def tokenize(
           f"(largest group {col['max_group_size']}); ids have {report['semantic_ids']['levels']} levels")
     if "mean_alpha_text" in report["alphas"]:
         print(f"mean alpha: image {report['alphas']['mean_alpha_image']:.3f}, text {report['alphas']['mean_alpha_text']:.3f}")
-    print(f"tokenizer: {report['n_items']:,} items in {folder}")
+    _print_stage_times(result)
+    print(f"tokenizer: {report['n_items']:,} items in {result.run_dir / 'tokenizer'}")
 
 
 # --- baselines --------------------------------------------------------------------------------
@@ -266,3 +212,144 @@ def baseline(
         print(f"{part:<10} cold" + "".join(f"  {result.cold_start[m]:8.4f}" for m in names)
               + f"  ({result.n_cold:,} of {result.n_users:,} users)")
     print(f"results in {folder}")
+
+
+# --- the whole pipeline ------------------------------------------------------------------------
+
+
+def _print_results(run, k_names: list[str] | None = None) -> None:
+    evaluation = run.artifacts["evaluation"]
+    test = evaluation.results["test"]
+    names = k_names or list(test.metrics)
+    print(f"{'':<16}" + "".join(f"{m:>9}" for m in names))
+    for part, result in evaluation.results.items():
+        print(f"{part + ' (all)':<16}" + "".join(f"{result.metrics[m]:9.4f}" for m in names))
+        print(f"{part + ' (cold)':<16}" + "".join(f"{result.cold_start[m]:9.4f}" for m in names)
+              + f"   {result.n_cold:,} of {result.n_users:,} users")
+
+
+def _print_stage_times(run) -> None:
+    parts = []
+    for stage, seconds in run.seconds.items():
+        parts.append(f"{stage} {seconds:.1f}s" + (" (reused)" if stage in run.reused else ""))
+    print("stages: " + ", ".join(parts))
+
+
+@app.command("run")
+def run(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    until: str = typer.Option("evaluation", "--until", help="Last stage: data, features, collab, tokenizer, generator, evaluation."),
+    force: Optional[list[str]] = typer.Option(None, "--force", help="Rebuild this stage even if up to date (repeatable)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run data -> encoders -> collab -> tokenizer -> generator -> evaluation, reusing cached stages."""
+    from cemg.pipeline import STAGES, run_pipeline
+
+    cfg = _config(config, set_, quiet)
+    if until not in STAGES:
+        raise UserError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    result = run_pipeline(cfg, stop_after=until, force=tuple(force or ()))
+    _print_stage_times(result)
+    if "evaluation" in result.artifacts:
+        _print_results(result)
+    print(f"run directory: {result.run_dir}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Score the run's generator on validation and test (full catalogue, cold-start subset)."""
+    from cemg.pipeline import run_pipeline
+
+    cfg = _config(config, set_, quiet)
+    result = run_pipeline(cfg, stop_after="evaluation")
+    _print_results(result)
+    print(f"per-user results in {result.run_dir / 'evaluation'}")
+
+
+def _demo_config_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("cemg") / "configs" / "demo.yaml"))
+
+
+@app.command("demo")
+def demo(
+    set_: Optional[list[str]] = SetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """The whole pipeline on the embedded synthetic demo data: results table and example recommendations."""
+    from cemg.baselines.popularity import Popularity
+    from cemg.evaluation.protocol import evaluate
+    from cemg.pipeline import run_pipeline
+
+    cfg = _config(_demo_config_path(), set_, quiet)
+    result = run_pipeline(cfg)
+    dataset, split = result.artifacts["data"], result.artifacts["split"]
+    stats = dataset.stats()
+    print(f"demo data: {stats['users']:,} users, {stats['items']:,} items, "
+          f"{stats['interactions']:,} interactions, avg length {stats['avg_length']:.1f}")
+    _print_stage_times(result)
+    print("\nCEMG (generative, semantic ids):")
+    _print_results(result)
+    pop = evaluate(Popularity.fit(split), split, "test", cfg.evaluation)
+    print("popularity (test): " + ", ".join(f"{m} {v:.4f}" for m, v in pop.metrics.items()))
+    _print_examples(result, n_users=3, k=5)
+    print(f"\nrun directory: {result.run_dir}")
+
+
+def _print_examples(result, n_users: int, k: int) -> None:
+    dataset, split = result.artifacts["data"], result.artifacts["split"]
+    generator = result.artifacts["generator"]
+    test = split.test
+    items = dataset.items
+    recs, scores = generator.recommend_with_scores(test.histories[:n_users], k, test.histories[:n_users])
+    for row in range(min(n_users, len(test))):
+        user = dataset.user_keys[int(test.users[row])]
+        print(f"\nuser {user}: last items " + " | ".join(items.title(int(i)) for i in test.histories[row][-3:]))
+        print(f"  held-out next item: {items.title(int(test.targets[row]))}")
+        for rank, (item, score) in enumerate(zip(recs[row], scores[row]), 1):
+            if item >= 0:
+                print(f"  {rank}. {items.title(int(item))}  (log-prob {score:.2f})")
+
+
+@app.command("recommend")
+def recommend(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    user: Optional[str] = typer.Option(None, "--user", help="A user key of the dataset: recommend after their full history."),
+    history: Optional[str] = typer.Option(None, "--history", help="Comma-separated item keys, oldest first."),
+    k: int = typer.Option(10, "--k", help="How many items."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Recommend the next items for a dataset user or an explicit history, with titles."""
+    import numpy as np
+
+    from cemg.pipeline import run_pipeline
+
+    cfg = _config(config, set_, quiet)
+    if (user is None) == (history is None):
+        raise UserError("give exactly one of --user KEY or --history KEY,KEY,...")
+    result = run_pipeline(cfg, stop_after="generator")
+    dataset, generator = result.artifacts["data"], result.artifacts["generator"]
+    if user is not None:
+        try:
+            seq = dataset.sequences[dataset.user_keys.index(user)]
+        except ValueError:
+            raise UserError(f"--user {user!r}: no such user in {cfg.data.name}") from None
+    else:
+        index = {key: i for i, key in enumerate(dataset.items.keys)}
+        keys = [key.strip() for key in history.split(",") if key.strip()]
+        unknown = [key for key in keys if key not in index]
+        if unknown or not keys:
+            raise UserError(f"--history: unknown item keys {unknown[:5]}" if unknown else "--history is empty")
+        seq = np.array([index[key] for key in keys], dtype=np.int64)
+    hist = seq[-cfg.data.max_history :]
+    recs, scores = generator.recommend_with_scores([hist], k, [seq])
+    for rank, (item, score) in enumerate(zip(recs[0], scores[0]), 1):
+        if item >= 0:
+            print(f"{rank:>3}. {dataset.items.keys[item]}  {dataset.items.title(int(item))}  ({score:.2f})")

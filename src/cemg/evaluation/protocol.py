@@ -58,6 +58,24 @@ class EvalResult:
         np.savez_compressed(folder / f"{name}.per_user.npz", users=self.users, ranks=self.ranks)
         atomic_write_text(folder / f"{name}.json", json.dumps(self.to_dict(), indent=2))
 
+    @classmethod
+    def load(cls, folder: Path, name: str) -> EvalResult:
+        folder = Path(folder)
+        summary = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        arrays = np.load(folder / f"{name}.per_user.npz")
+        known = {"part", "metrics", "cold_start", "n_users", "n_cold_start_users", "eval_seconds"}
+        return cls(
+            part=summary["part"],
+            metrics=summary["metrics"],
+            cold_start=summary["cold_start"],
+            n_users=summary["n_users"],
+            n_cold=summary["n_cold_start_users"],
+            users=arrays["users"],
+            ranks=arrays["ranks"],
+            seconds=summary["eval_seconds"],
+            extra={k: v for k, v in summary.items() if k not in known},
+        )
+
 
 def prior_items(split: SplitDataset, part: str) -> list[np.ndarray]:
     """Every item the user interacted with before the target of `part` (uncapped)."""
