@@ -129,6 +129,8 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
         ItemFeatures.load, dump(cfg.features), "features" in force,
     )
 
+    if last < STAGES.index("collab"):
+        return result
     collab, h_collab = None, None
     if cfg.tokenizer.use_collab or last == STAGES.index("collab"):
         from cemg.collab.artifact import CollabEmbeddings

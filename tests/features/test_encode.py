@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,6 +100,8 @@ def test_cli_encode_on_the_synthetic_demo(tmp_path):
     assert features.text.shape[1] == 8 and features.image.shape[1] == 8
     assert features.n_items == len(features.text_mask)
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0 and "up to date" in again.output
+    assert again.exit_code == 0
+    assert re.search(r"features [\d.]+s \(reused\)", again.output), again.output
+    assert "collab" not in again.output  # --skip-collab: LightGCN neither trained nor loaded
     manifest = json.loads((tmp_path / "run" / "features" / "manifest.json").read_text())
     assert manifest["config"]["dim"] == 8

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 from cemg.artifacts import read_manifest
 from cemg.collab.artifact import CollabEmbeddings
 from cemg.config import TokenizerConfig
+from cemg.data.dataset import InteractionDataset
 from cemg.features.artifact import ItemFeatures
 from cemg.tokenizer.build import (
     TokenizerArtifact,
@@ -135,23 +137,25 @@ def test_bad_inputs_are_named():
         build_semantic_ids(odd, collab, TokenizerConfig(**TINY), seed=0)
 
 
-def test_cli_tokenize_writes_the_artifact_and_reuses_it(tmp_path, capsys):
+def test_cli_tokenize_writes_the_artifact_and_reuses_it(tmp_path):
     from typer.testing import CliRunner
 
-    from cemg.artifacts import write_manifest
     from cemg.cli import app
 
-    features, collab = _data()
-    for name, artifact in (("features", features), ("collab", collab)):
-        artifact.save(tmp_path / name)
-        write_manifest(tmp_path / name, name, f"hash-{name}")
-    overrides = [f"run_dir={tmp_path}", *(f"tokenizer.{k}={v}" for k, v in TINY.items())]
+    # The command runs the upstream stages it needs (tiny synthetic data, encoders, LightGCN).
+    overrides = [
+        f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
+        "data.synthetic_items=40", "data.synthetic_users=60", "features.dim=8",
+        "collab.dim=8", "collab.epochs=2", *(f"tokenizer.{k}={v}" for k, v in TINY.items()),
+    ]
     args = ["tokenize", "-q", *sum((["--set", o] for o in overrides), [])]
     runner = CliRunner()
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "collisions before the fix" in first.output
-    assert read_manifest(tmp_path / "tokenizer")["stage"] == "tokenizer"
-    assert TokenizerArtifact.load(tmp_path / "tokenizer").semantic_ids.n_items == 60
+    assert read_manifest(tmp_path / "run" / "tokenizer")["stage"] == "tokenizer"
+    ids = TokenizerArtifact.load(tmp_path / "run" / "tokenizer").semantic_ids
+    assert ids.n_items == InteractionDataset.load(tmp_path / "run" / "data").n_items > 30
     second = runner.invoke(app, args)
-    assert "up to date" in second.output
+    assert second.exit_code == 0
+    assert re.search(r"tokenizer [\d.]+s \(reused\)", second.output), second.output
