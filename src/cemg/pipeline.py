@@ -155,15 +155,11 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
     if last <= STAGES.index("tokenizer"):
         return result
 
-    from cemg.generator import GenerativeRecommender, train_generator
-
     h_gen = fingerprint("generator", h_tok, h_data, dump(cfg.generator), cfg.data.max_history, cfg.seed)
     generator = _stage(
         result, "generator", h_gen,
-        lambda: train_generator(
-            split, tokenizer.semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation
-        )[0],
-        lambda folder: GenerativeRecommender.load(folder, device=device), dump(cfg.generator),
+        lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device),
+        lambda folder: _load_generator(cfg, folder, device), dump(cfg.generator),
         "generator" in force,
     )
     if last <= STAGES.index("generator"):
@@ -176,3 +172,25 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
         RunEvaluation.load, dump(cfg.evaluation), "evaluation" in force,
     )
     return result
+
+
+def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str):
+    """`generator.backbone: causal` picks the decoder-only item-level generator; any other value
+    is a T5 preset or checkpoint (the paper's seq2seq generator)."""
+    if cfg.generator.backbone == "causal":
+        from cemg.generator.causal import train_causal_generator
+
+        return train_causal_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation)
+    from cemg.generator import train_generator
+
+    return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation)[0]
+
+
+def _load_generator(cfg: CEMGConfig, folder: Path, device: str):
+    if cfg.generator.backbone == "causal":
+        from cemg.generator.causal import CausalGenerativeRecommender
+
+        return CausalGenerativeRecommender.load(folder, device=device)
+    from cemg.generator import GenerativeRecommender
+
+    return GenerativeRecommender.load(folder, device=device)
