@@ -1,0 +1,508 @@
+"""A causal generative recommender over semantic ids that trains like SASRec (not in the paper).
+
+The paper's generator (model.py, train.py) is a T5 reading M tokens per history item, trained on
+one sliding window per prefix; on a CPU that costs tens of minutes per Beauty epoch. Here:
+
+- each history item enters as ONE vector, the sum of its code embeddings sum_l E_l[c_l]
+  (optionally plus a learned item-id embedding), so a history of n items is n positions, not n * M;
+- a small decoder-only transformer (Hugging Face GPT-2 or Llama, built from a config) runs once
+  over a user's training window and predicts the next item at EVERY position, as SASRec does;
+- the next item's codes come out level by level: logits_l = head_l(h_t + sum_{j<l} P_j[c_j]) over
+  the K_l codes of level l, trained with teacher forcing (sum of the levels' cross-entropies);
+- recommendation is trie-constrained beam search over the levels (PrefixTree, Exclusion from
+  decoding.py), so every returned code sequence is a real item, as in paper 4.2.4.
+
+A beam step costs one small head on (users, beams, d): the transformer runs once per user.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, get_linear_schedule_with_warmup
+
+from cemg.artifacts import atomic_dir
+from cemg.config import EvalConfig, GeneratorConfig, resolve_device
+from cemg.data.split import EvalExamples, SplitDataset
+from cemg.evaluation.protocol import evaluate
+from cemg.generator.decoding import Exclusion, PrefixTree
+from cemg.tokenizer.semantic_ids import SemanticIds
+
+log = logging.getLogger(__name__)
+
+META = "causal.json"
+HEADS_FILE = "heads.safetensors"
+NEG_INF = float("-inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalSpec:
+    """The architecture, enough to rebuild the model before loading its weights."""
+
+    codebook_sizes: tuple[int, ...]
+    n_items: int
+    max_history: int = 20
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.3
+    backbone: str = "gpt2"
+    use_item_id: bool = False
+    tie_codes: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: GeneratorConfig, semantic_ids: SemanticIds, max_history: int) -> CausalSpec:
+        return cls(
+            tuple(semantic_ids.codebook_sizes), semantic_ids.n_items, max_history, cfg.causal_hidden,
+            cfg.causal_layers, cfg.causal_heads, cfg.causal_dropout, cfg.causal_backbone,
+            cfg.causal_use_item_id, cfg.causal_tie_codes,
+        )
+
+
+def build_causal_backbone(spec: CausalSpec) -> nn.Module:
+    """A from-scratch decoder-only transformer fed with `inputs_embeds` (its token table is unused,
+    so it gets a vocabulary of one)."""
+    if spec.hidden % spec.heads:
+        raise ValueError(f"causal_hidden {spec.hidden} is not divisible by causal_heads {spec.heads}")
+    if spec.backbone == "gpt2":
+        config = GPT2Config(
+            vocab_size=1, n_positions=spec.max_history, n_embd=spec.hidden, n_layer=spec.layers,
+            n_head=spec.heads, n_inner=4 * spec.hidden, resid_pdrop=spec.dropout, attn_pdrop=spec.dropout,
+            embd_pdrop=0.0,  # the model drops its own inputs (the same for both backbones)
+            bos_token_id=None, eos_token_id=None,
+        )
+        return GPT2Model(config)
+    if spec.backbone == "llama":
+        config = LlamaConfig(
+            vocab_size=1, hidden_size=spec.hidden, intermediate_size=4 * spec.hidden,
+            num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+            max_position_embeddings=spec.max_history, attention_dropout=spec.dropout,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        )
+        return LlamaModel(config)
+    raise ValueError(f"unknown causal backbone {spec.backbone!r}; expected 'gpt2' or 'llama'")
+
+
+class CausalSemanticModel(nn.Module):
+    """Histories of item ids -> per-position states; states + code prefixes -> next-level logits."""
+
+    def __init__(self, spec: CausalSpec, codes: np.ndarray, backbone: nn.Module | None = None):
+        super().__init__()
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.shape != (spec.n_items, len(spec.codebook_sizes)):
+            raise ValueError(f"codes of shape {codes.shape} do not match {spec.n_items} items x "
+                             f"{len(spec.codebook_sizes)} levels")
+        self.spec = spec
+        d, sizes = spec.hidden, list(spec.codebook_sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.offsets = [int(o) for o in offsets]
+        self.register_buffer("item_tokens", torch.from_numpy(codes + offsets[None, :]), persistent=False)
+        # E_l (inputs, and outputs when tied) and P_l (the prefix a level's head is conditioned on),
+        # each one table over all levels' codes, level l at rows offsets[l]:offsets[l] + K_l.
+        self.code_emb = nn.Embedding(sum(sizes), d)
+        self.prefix_emb = nn.Embedding(sum(sizes), d)
+        self.item_emb = nn.Embedding(spec.n_items, d) if spec.use_item_id else None
+        self.input_dropout = nn.Dropout(spec.dropout)
+        self.backbone = backbone if backbone is not None else build_causal_backbone(spec)
+        self.level_mlp = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Dropout(spec.dropout), nn.Linear(d, d))
+            for _ in sizes
+        )
+        if spec.tie_codes:
+            self.level_bias = nn.ParameterList(nn.Parameter(torch.zeros(k)) for k in sizes)
+        else:
+            self.level_out = nn.ModuleList(nn.Linear(d, k) for k in sizes)
+        # GPT-2's own initialisation scale for everything outside the backbone: N(0, 1) embeddings,
+        # summed over M levels, would drown the position embeddings.
+        for table in (self.code_emb, self.prefix_emb, self.item_emb):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
+
+    @property
+    def levels(self) -> int:
+        return len(self.spec.codebook_sizes)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """(...) item ids >= 0 -> (..., d): sum_l E_l[code_l] (+ the item's own embedding)."""
+        x = self.code_emb(self.item_tokens[items]).sum(-2)
+        return x + self.item_emb(items) if self.item_emb is not None else x
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """(b, T) item ids, left-padded with -1 -> (b, T, d) states; position t predicts item t+1.
+
+        Positions count from the right end of a max_history window, so the newest item always has
+        the same position whatever the batch's width (batches are trimmed to their longest row).
+        """
+        b, width = items.shape
+        if width > self.spec.max_history:
+            raise ValueError(f"{width} history items exceed max_history {self.spec.max_history}")
+        real = items >= 0
+        x = self.item_vectors(items.clamp(min=0)) * real.unsqueeze(-1)
+        x = self.input_dropout(x)
+        # The last position is always attended to, so an empty history still has a query row.
+        mask = real.clone()
+        mask[:, -1] = True
+        positions = torch.arange(self.spec.max_history - width, self.spec.max_history, device=items.device)
+        out = self.backbone(inputs_embeds=x, attention_mask=mask.long(), position_ids=positions.expand(b, width))
+        return out.last_hidden_state
+
+    def level_logits(self, level: int, z: torch.Tensor) -> torch.Tensor:
+        """(..., d) state plus code prefix -> (..., K_level) logits over the level's codes."""
+        u = z + self.level_mlp[level](z)
+        if self.spec.tie_codes:
+            lo = self.offsets[level]
+            table = self.code_emb.weight[lo : lo + self.spec.codebook_sizes[level]]
+            return u @ table.T + self.level_bias[level]
+        return self.level_out[level](u)
+
+    def prefix_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
+        """P_level[codes]: what a level-`level` code adds to the state for the levels after it."""
+        return self.prefix_emb(codes + self.offsets[level])
+
+    def teacher_forced_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
+        """(N, d) states and (N, L) true next-item codes -> per level (N, K_l) logits."""
+        out, z = [], hidden
+        for level in range(self.levels):
+            out.append(self.level_logits(level, z))
+            if level + 1 < self.levels:
+                z = z + self.prefix_vectors(level, codes[:, level])
+        return out
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sum over levels of the mean cross-entropy of the targets' codes; (N, d), (N,) item ids."""
+        codes = self.item_tokens[targets] - self.item_tokens.new_tensor(self.offsets)
+        logits = self.teacher_forced_logits(hidden, codes)
+        return sum(F.cross_entropy(lg, codes[:, level]) for level, lg in enumerate(logits))
+
+    def sequence_log_probs(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(n, d) states, (m,) item ids -> (n, m) sum over levels of log p(code_l | codes_<l), each
+        normalised over the level's full codebook (the unconstrained score beam search ranks by)."""
+        n, m = len(hidden), len(items)
+        codes = (self.item_tokens[items] - self.item_tokens.new_tensor(self.offsets))  # (m, L)
+        flat_h = hidden[:, None, :].expand(n, m, -1).reshape(n * m, -1)
+        flat_c = codes[None].expand(n, m, -1).reshape(n * m, -1)
+        logits = self.teacher_forced_logits(flat_h, flat_c)
+        total = sum(lg.log_softmax(-1).gather(1, flat_c[:, level : level + 1]).squeeze(1)
+                    for level, lg in enumerate(logits))
+        return total.reshape(n, m)
+
+
+@torch.no_grad()
+def causal_beam_search(
+    model: CausalSemanticModel,
+    tree: PrefixTree,
+    hidden: torch.Tensor,
+    beams: int,
+    exclusion: Exclusion | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, d) users' last states -> top-`beams` (items, scores), best first, -1 / -inf padded.
+
+    A beam is a prefix-tree node plus the running P-sum of its codes; each level scores every
+    beam's codes with log-softmax over the level's codebook, masks codes that leave the tree or lead
+    only to excluded items, and keeps the best `beams` over all (beam, code) pairs of a user.
+    """
+    n, d, device = hidden.shape[0], hidden.shape[1], hidden.device
+    if n == 0:
+        return torch.zeros((0, beams), dtype=torch.long), torch.zeros((0, beams))
+    users = torch.arange(n, device=device)
+    nodes = torch.zeros((n, 1), dtype=torch.long, device=device)  # (n, width) depth-l nodes
+    scores = torch.zeros((n, 1), device=device)
+    prefix = torch.zeros((n, 1, d), dtype=hidden.dtype, device=device)  # (n, width, d)
+    if exclusion is not None:
+        root_dead = exclusion.dead(tree, 0, users, nodes[:, 0])
+        nodes[root_dead] = -1
+        scores[root_dead] = NEG_INF
+    for depth in range(tree.levels):
+        width, size = nodes.shape[1], tree.codebook_sizes[depth]
+        log_probs = model.level_logits(depth, hidden[:, None, :] + prefix).float().log_softmax(-1)  # (n, w, K)
+        child = tree.children(depth, nodes.reshape(-1))  # (n * width, K)
+        allowed = child >= 0
+        if exclusion is not None:
+            # Only real children are looked up: most of the dense (beams, K) table is empty, and the
+            # lookup (a searchsorted per entry) was 60% of recommendation time when run on all of it.
+            rows, codes = allowed.nonzero(as_tuple=True)
+            dead = exclusion.dead(tree, depth + 1, torch.div(rows, width, rounding_mode="floor"), child[rows, codes])
+            allowed[rows[dead], codes[dead]] = False
+        candidates = torch.where(allowed, scores.reshape(-1, 1) + log_probs.reshape(n * width, size), NEG_INF)
+        keep = min(beams, width * size)
+        scores, picked = candidates.reshape(n, width * size).topk(keep, dim=1)
+        nodes = child.reshape(n, width * size).gather(1, picked)
+        nodes[scores == NEG_INF] = -1
+        if depth + 1 == tree.levels:
+            break
+        source = (picked // size)[..., None].expand(-1, -1, d)
+        prefix = prefix.gather(1, source) + model.prefix_vectors(depth, picked % size)
+    items = torch.where(nodes >= 0, tree.leaf_item[nodes.clamp(min=0)], -1)
+    if items.shape[1] < beams:
+        items = F.pad(items, (0, beams - items.shape[1]), value=-1)
+        scores = F.pad(scores, (0, beams - scores.shape[1]), value=NEG_INF)
+    return items, scores
+
+
+def left_padded(histories: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """(n, width) int64 of each history's last `width` items, left-padded with -1."""
+    out = np.full((len(histories), width), -1, dtype=np.int64)
+    for row, seq in enumerate(histories):
+        tail = np.asarray(seq, dtype=np.int64)[len(seq) - width :] if len(seq) > width else np.asarray(seq, np.int64)
+        if len(tail):
+            out[row, width - len(tail) :] = tail
+    return out
+
+
+def codes_digest(semantic_ids: SemanticIds) -> str:
+    return hashlib.sha256(np.ascontiguousarray(semantic_ids.codes, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+class CausalGenerativeRecommender:
+    """The Recommender protocol over a trained `CausalSemanticModel`. Saved as one folder:
+    `backbone/` (save_pretrained, safetensors), `heads.safetensors` (embeddings and level heads),
+    `semantic_ids/` and `causal.json` (architecture, generator config, training record)."""
+
+    def __init__(
+        self,
+        model: CausalSemanticModel,
+        semantic_ids: SemanticIds,
+        config: GeneratorConfig | None = None,
+        device: str = "cpu",
+        info: dict | None = None,
+    ):
+        if tuple(semantic_ids.codebook_sizes) != model.spec.codebook_sizes:
+            raise ValueError(f"semantic ids have codebooks {semantic_ids.codebook_sizes}, the model "
+                             f"{list(model.spec.codebook_sizes)}")
+        self.config = config or GeneratorConfig()
+        self.device = torch.device(resolve_device(device))
+        self.model = model.to(self.device).eval()
+        self.semantic_ids = semantic_ids
+        self.info = dict(info or {})
+        self.tree = PrefixTree(semantic_ids.codes, semantic_ids.codebook_sizes).to(self.device)
+
+    @property
+    def n_items(self) -> int:
+        return self.semantic_ids.n_items
+
+    @property
+    def max_history(self) -> int:
+        return self.model.spec.max_history
+
+    @torch.no_grad()
+    def last_states(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        width = max(1, min(self.max_history, max((len(h) for h in histories), default=1)))
+        items = torch.from_numpy(left_padded(histories, width)).to(self.device)
+        return self.model.encode(items)[:, -1]
+
+    def recommend_with_scores(
+        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(items (n, k) int64, scores (n, k) float32 sequence log-probs), best first; -1 / -inf pad.
+
+        The beam is `config.beams` wide, widened to k when k is larger; prefixes whose items are
+        all excluded are pruned, so a user gets min(k, items not excluded) items.
+        """
+        if exclude is not None and len(exclude) != len(histories):
+            raise ValueError(f"exclude has {len(exclude)} rows for {len(histories)} histories")
+        beams = max(self.config.beams, k)
+        was_training = self.model.training
+        self.model.eval()
+        items, scores = [], []
+        step = max(1, self.config.eval_batch_size)
+        try:
+            for lo in range(0, len(histories), step):
+                hidden = self.last_states(histories[lo : lo + step])
+                excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo : lo + step], self.device)
+                top, score = causal_beam_search(self.model, self.tree, hidden, beams, excl)
+                items.append(top[:, :k].cpu().numpy())
+                scores.append(score[:, :k].cpu().numpy().astype(np.float32))
+        finally:
+            self.model.train(was_training)
+        if not items:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return np.concatenate(items), np.concatenate(scores)
+
+    def recommend(
+        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> np.ndarray:
+        return self.recommend_with_scores(histories, k, exclude)[0]
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.backbone.save_pretrained(folder / "backbone", safe_serialization=True)
+        heads = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+                 if not k.startswith("backbone.")}
+        save_file(heads, folder / HEADS_FILE)
+        self.semantic_ids.save(folder / "semantic_ids")
+        meta = {
+            "spec": dataclasses.asdict(self.model.spec),
+            "semantic_ids_digest": codes_digest(self.semantic_ids),
+            "config": self.config.model_dump(mode="json"),
+            "info": self.info,
+        }
+        (folder / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "auto") -> CausalGenerativeRecommender:
+        folder = Path(folder)
+        meta_path = folder / META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not a saved causal generator (no {META})")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        semantic_ids = SemanticIds.load(folder / "semantic_ids")
+        if codes_digest(semantic_ids) != meta["semantic_ids_digest"]:
+            raise ValueError(f"{folder / 'semantic_ids'}: codes differ from those the generator was trained on")
+        spec = CausalSpec(**{**meta["spec"], "codebook_sizes": tuple(meta["spec"]["codebook_sizes"])})
+        model = CausalSemanticModel(spec, semantic_ids.codes, AutoModel.from_pretrained(folder / "backbone"))
+        missing, unexpected = model.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"{folder / HEADS_FILE}: missing {missing}, unexpected {unexpected}")
+        return cls(model, semantic_ids, GeneratorConfig.model_validate(meta["config"]), device, meta.get("info"))
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def training_windows(train: Sequence[np.ndarray], max_history: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets), both (n, max_history) left-padded with -1, from the last max_history + 1
+    items of every training sequence with at least two items; targets[t] follows inputs[t]."""
+    windows = [np.asarray(s[-(max_history + 1) :], dtype=np.int64) for s in train if len(s) >= 2]
+    return left_padded([w[:-1] for w in windows], max_history), left_padded([w[1:] for w in windows], max_history)
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                          chunk_batches: int = 16) -> list[np.ndarray]:
+    """Shuffled batches of windows of similar length. Beauty's windows hold ~7 of 20 items, and a
+    batch is trimmed to its longest row, so sorting inside random chunks removes most padding."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for lo in range(0, len(order), batch_size * chunk_batches):
+        part = order[lo : lo + batch_size * chunk_batches]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _subsample_valid(split: SplitDataset, n: int | None, seed: int) -> SplitDataset:
+    valid = split.valid
+    if n is None or n >= len(valid):
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(len(valid), size=n, replace=False))
+    sub = EvalExamples(valid.users[keep], [valid.histories[i] for i in keep], valid.targets[keep])
+    return dataclasses.replace(split, valid=sub)
+
+
+def train_causal_generator(
+    split: SplitDataset,
+    semantic_ids: SemanticIds,
+    cfg: GeneratorConfig,
+    seed: int,
+    device: str = "cpu",
+    eval_cfg: EvalConfig | None = None,
+    out_dir: Path | None = None,
+) -> CausalGenerativeRecommender:
+    """Train on split.train only; return the best-on-validation (NDCG@10) recommender.
+
+    Its `info` holds the per-epoch curve, epochs run, best epoch, seconds and parameter count.
+    With `out_dir`, the final (best) model is saved there.
+    """
+    if semantic_ids.n_items != split.n_items:
+        raise ValueError(f"semantic ids cover {semantic_ids.n_items} items but the dataset has {split.n_items}")
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    spec = CausalSpec.from_config(cfg, semantic_ids, split.max_history)
+    rec = CausalGenerativeRecommender(CausalSemanticModel(spec, semantic_ids.codes), semantic_ids, cfg, device)
+    model = rec.model
+    eval_cfg = eval_cfg or EvalConfig()
+    eval_cfg = eval_cfg.model_copy(update={"ks": sorted(set(eval_cfg.ks) | {10})})
+    valid_split = _subsample_valid(split, cfg.valid_users, seed)
+
+    inputs, targets = training_windows(split.train, split.max_history)
+    if len(inputs) == 0:
+        raise ValueError("no training sequence has two or more items; nothing to train on")
+    lengths = (inputs >= 0).sum(1)
+    steps_per_epoch = -(-len(inputs) // cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.causal_lr, weight_decay=cfg.weight_decay)
+    total_steps = steps_per_epoch * cfg.causal_epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("causal generator: %d windows (%d target positions), %d steps/epoch, %d parameters, "
+             "%d validation users, device %s", len(inputs), int(lengths.sum()), steps_per_epoch, n_params,
+             len(valid_split.valid), device)
+
+    curve: list[dict] = []
+    best = {"ndcg": -1.0, "epoch": 0, "state": None}
+    stale, start = 0, time.perf_counter()
+    bar = tqdm(range(1, cfg.causal_epochs + 1), desc="causal generator", unit="epoch")
+    for epoch in bar:
+        model.train()
+        tic, total, count = time.perf_counter(), 0.0, 0
+        for rows in length_sorted_batches(lengths, cfg.batch_size, rng):
+            width = int(lengths[rows].max())
+            x = torch.from_numpy(inputs[rows, -width:]).to(device)
+            y = torch.from_numpy(targets[rows, -width:]).to(device)
+            keep = y >= 0
+            hidden = model.encode(x)[keep]  # (positions, d): padding never enters the loss
+            loss = model.loss(hidden, y[keep])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            n = int(keep.sum())
+            total, count = total + float(loss.detach()) * n, count + n
+        row = {"epoch": epoch, "loss": total / max(count, 1), "train_seconds": time.perf_counter() - tic}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.causal_epochs:
+            result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=4096)
+            row.update(valid=result.metrics, eval_seconds=result.seconds)
+            ndcg = result.metrics["NDCG@10"]
+            if ndcg > best["ndcg"]:
+                best = {"ndcg": ndcg, "epoch": epoch,
+                        "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+                stale = 0
+            else:
+                stale += 1
+            log.info("causal generator epoch %d: loss %.4f (%.1fs), valid NDCG@10 %.4f HR@10 %.4f (%.1fs)%s",
+                     epoch, row["loss"], row["train_seconds"], ndcg, result.metrics["HR@10"], result.seconds,
+                     " best" if stale == 0 else "")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", valid=f"{ndcg:.4f}", best=f"{best['ndcg']:.4f}")
+        curve.append(row)
+        if stale >= cfg.patience:
+            log.info("causal generator: no better NDCG@10 for %d evaluations; stopping", stale)
+            break
+    bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    seconds = time.perf_counter() - start
+    rec.info = {
+        "best_epoch": best["epoch"],
+        "best_valid_ndcg10": best["ndcg"],
+        "epochs_run": len(curve),
+        "n_windows": len(inputs),
+        "n_positions": int(lengths.sum()),
+        "n_parameters": n_params,
+        "seconds": seconds,
+        "train_seconds_per_epoch": float(np.mean([r["train_seconds"] for r in curve])),
+        "device": str(device),
+        "history": copy.deepcopy(curve),
+    }
+    if out_dir is not None:
+        with atomic_dir(Path(out_dir)) as tmp:
+            rec.save(tmp)
+    log.info("causal generator: trained %d epochs in %.0fs, best epoch %d, valid NDCG@10 %.4f%s", len(curve),
+             seconds, best["epoch"], best["ndcg"], f", saved to {out_dir}" if out_dir else "")
+    return rec
