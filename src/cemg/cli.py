@@ -37,8 +37,6 @@ def _config(config: Optional[Path], overrides: Optional[list[str]], quiet: bool 
         datefmt="%H:%M:%S",
     )
     if quiet:
-        import os
-
         os.environ["TQDM_DISABLE"] = "1"
     return load_config(config, overrides)
 
