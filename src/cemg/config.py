@@ -160,6 +160,9 @@ class GeneratorConfig(_Section):
     # valid NDCG@10 0.053 with it vs 0.037 without (k-means ids, bench/causal_beauty.py).
     causal_use_item_id: bool = True
     causal_tie_codes: bool = True  # level-l logits = head(z) . E_l (the input code embeddings)
+    # Softmax each level over the codes that continue the item's prefix in the tree (training and
+    # beam search), so the loss is -log p(item) under the constrained distribution decoding uses.
+    causal_trie_softmax: bool = False
     causal_lr: float = 2e-3  # AdamW peak; the schedule decays linearly to 0 over causal_epochs
     causal_epochs: int = 60  # one window per user makes an epoch ~90 steps on Beauty
 

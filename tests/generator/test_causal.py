@@ -64,20 +64,33 @@ def test_length_sorted_batches_partition_and_cut_padding():
     assert sum(lengths[b].max() * len(b) for b in batches) < 1.3 * lengths.sum()
 
 
-@pytest.mark.parametrize("spec", [{}, {"tie_codes": False, "use_item_id": True}, {"backbone": "llama"}])
+@pytest.mark.parametrize(
+    "spec", [{}, {"tie_codes": False, "use_item_id": True}, {"backbone": "llama"}, {"trie_softmax": True}]
+)
 def test_wide_beam_equals_exact_scoring_of_every_item(spec):
     ids = toy_ids(n_items=30, sizes=[4, 4, 3])
     rec = untrained(ids, **spec)
     histories = random_histories(6, ids.n_items)
     items, scores = rec.recommend_with_scores(histories, k=ids.n_items)
-    exact = rec.model.sequence_log_probs(rec.last_states(histories), torch.arange(ids.n_items)).detach().numpy()
+    states = rec.last_states(histories)
+    exact = rec.model.sequence_log_probs(states, torch.arange(ids.n_items), rec.tree).detach().numpy()
     for row in range(len(histories)):
         order = np.argsort(-exact[row], kind="stable")
         assert items[row].tolist() == order.tolist()
         np.testing.assert_allclose(scores[row], exact[row][order], rtol=1e-5, atol=1e-5)
-    # probabilities over the catalogue: each level's softmax runs over the full codebook, so items
-    # (a subset of all code sequences) hold less than all the mass
-    assert np.exp(scores).sum(1).max() <= 1.0 + 1e-5
+    mass = np.exp(scores).sum(1)
+    if spec.get("trie_softmax"):
+        # every level normalised over the tree's children: a distribution over the catalogue, and
+        # the training loss is its negative log-likelihood
+        np.testing.assert_allclose(mass, 1.0, rtol=1e-5)
+        targets = torch.tensor([3, 7, 11, 0, 29, 18])
+        nll = rec.model.loss(states, targets, rec.tree)
+        chosen = -torch.from_numpy(exact)[torch.arange(6), targets].mean()
+        torch.testing.assert_close(nll, chosen, rtol=1e-5, atol=1e-5)
+    else:
+        # each level's softmax runs over the full codebook, so items (a subset of all code
+        # sequences) hold less than all the mass
+        assert mass.max() <= 1.0 + 1e-5
 
 
 def test_outputs_are_real_items_and_exclusion_is_respected():

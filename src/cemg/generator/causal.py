@@ -62,13 +62,14 @@ class CausalSpec:
     backbone: str = "gpt2"
     use_item_id: bool = False
     tie_codes: bool = True
+    trie_softmax: bool = False
 
     @classmethod
     def from_config(cls, cfg: GeneratorConfig, semantic_ids: SemanticIds, max_history: int) -> CausalSpec:
         return cls(
             tuple(semantic_ids.codebook_sizes), semantic_ids.n_items, max_history, cfg.causal_hidden,
             cfg.causal_layers, cfg.causal_heads, cfg.causal_dropout, cfg.causal_backbone,
-            cfg.causal_use_item_id, cfg.causal_tie_codes,
+            cfg.causal_use_item_id, cfg.causal_tie_codes, cfg.causal_trie_softmax,
         )
 
 
@@ -181,20 +182,35 @@ class CausalSemanticModel(nn.Module):
                 z = z + self.prefix_vectors(level, codes[:, level])
         return out
 
-    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum over levels of the mean cross-entropy of the targets' codes; (N, d), (N,) item ids."""
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, tree: PrefixTree | None = None) -> torch.Tensor:
+        """Sum over levels of the mean cross-entropy of the targets' codes; (N, d), (N,) item ids.
+
+        With `spec.trie_softmax` (needs `tree`), level l's softmax runs over the codes that continue
+        the target's own prefix in the item tree only, so the loss is exactly -log p(item) under
+        the distribution constrained beam search ranks by; otherwise over the whole codebook.
+        """
         codes = self.item_tokens[targets] - self.item_tokens.new_tensor(self.offsets)
         logits = self.teacher_forced_logits(hidden, codes)
+        if self.spec.trie_softmax:
+            if tree is None:
+                raise ValueError("trie_softmax training needs the item prefix tree")
+            logits = [lg.masked_fill(tree.children(level, tree.ancestor[level][targets]) < 0, NEG_INF)
+                      for level, lg in enumerate(logits)]
         return sum(F.cross_entropy(lg, codes[:, level]) for level, lg in enumerate(logits))
 
-    def sequence_log_probs(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def sequence_log_probs(self, hidden: torch.Tensor, items: torch.Tensor, tree: PrefixTree | None = None) -> torch.Tensor:
         """(n, d) states, (m,) item ids -> (n, m) sum over levels of log p(code_l | codes_<l), each
-        normalised over the level's full codebook (the unconstrained score beam search ranks by)."""
+        normalised over the level's full codebook, or over the prefix's children in `tree` with
+        `spec.trie_softmax` (the score beam search ranks by)."""
         n, m = len(hidden), len(items)
         codes = (self.item_tokens[items] - self.item_tokens.new_tensor(self.offsets))  # (m, L)
         flat_h = hidden[:, None, :].expand(n, m, -1).reshape(n * m, -1)
         flat_c = codes[None].expand(n, m, -1).reshape(n * m, -1)
         logits = self.teacher_forced_logits(flat_h, flat_c)
+        if self.spec.trie_softmax:
+            flat_items = items[None].expand(n, m).reshape(-1)
+            logits = [lg.masked_fill(tree.children(level, tree.ancestor[level][flat_items]) < 0, NEG_INF)
+                      for level, lg in enumerate(logits)]
         total = sum(lg.log_softmax(-1).gather(1, flat_c[:, level : level + 1]).squeeze(1)
                     for level, lg in enumerate(logits))
         return total.reshape(n, m)
@@ -227,9 +243,12 @@ def causal_beam_search(
         scores[root_dead] = NEG_INF
     for depth in range(tree.levels):
         width, size = nodes.shape[1], tree.codebook_sizes[depth]
-        log_probs = model.level_logits(depth, hidden[:, None, :] + prefix).float().log_softmax(-1)  # (n, w, K)
+        logits = model.level_logits(depth, hidden[:, None, :] + prefix).float()  # (n, w, K)
         child = tree.children(depth, nodes.reshape(-1))  # (n * width, K)
         allowed = child >= 0
+        if model.spec.trie_softmax:  # normalise over the node's children, as training did
+            logits = logits.masked_fill(~allowed.reshape(n, width, size), NEG_INF)
+        log_probs = logits.log_softmax(-1)
         if exclusion is not None:
             # Only real children are looked up: most of the dense (beams, K) table is empty, and the
             # lookup (a searchsorted per entry) was 60% of recommendation time when run on all of it.
@@ -455,7 +474,7 @@ def train_causal_generator(
             y = torch.from_numpy(targets[rows, -width:]).to(device)
             keep = y >= 0
             hidden = model.encode(x)[keep]  # (positions, d): padding never enters the loss
-            loss = model.loss(hidden, y[keep])
+            loss = model.loss(hidden, y[keep], rec.tree)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
