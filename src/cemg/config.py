@@ -162,7 +162,8 @@ class GeneratorConfig(_Section):
     causal_tie_codes: bool = True  # level-l logits = head(z) . E_l (the input code embeddings)
     # Softmax each level over the codes that continue the item's prefix in the tree (training and
     # beam search), so the loss is -log p(item) under the constrained distribution decoding uses.
-    causal_trie_softmax: bool = False
+    # Beauty, valid NDCG@10 at epoch 10: 0.0509 with it vs 0.0432 without (k-means ids; docs/results.md).
+    causal_trie_softmax: bool = True
     causal_lr: float = 2e-3  # AdamW peak; the schedule decays linearly to 0 over causal_epochs
     causal_epochs: int = 60  # one window per user makes an epoch ~90 steps on Beauty
 
