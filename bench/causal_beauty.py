@@ -37,7 +37,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cemg.artifacts import atomic_write_text  # noqa: E402
+from cemg.artifacts import atomic_dir, atomic_write_text  # noqa: E402
 from cemg.config import CEMGConfig, load_config, resolve_device  # noqa: E402
 from cemg.data.load import load_dataset  # noqa: E402
 from cemg.data.split import SplitDataset, leave_one_out  # noqa: E402
@@ -111,8 +111,11 @@ def semantic_ids(kind: str, cfg: CEMGConfig, split: SplitDataset, features_dir: 
         artifact = build_tokenizer(features, collab, tok_cfg, cfg.seed, device)
         ids, report = artifact.semantic_ids, {"method": kind, **artifact.report}
     report["seconds"] = time.perf_counter() - start
-    ids.save(folder)
-    atomic_write_text(folder / "report.json", json.dumps(report, indent=2, default=str))
+    # One folder written atomically: the reuse check above trusts semantic_ids.json and then reads
+    # report.json, which a kill between two separate writes would leave missing.
+    with atomic_dir(folder) as tmp:
+        ids.save(tmp)
+        atomic_write_text(tmp / "report.json", json.dumps(report, indent=2, default=str))
     log.info("semantic ids %s: %d items, codebooks %s, built in %.0fs, saved to %s", kind, ids.n_items,
              ids.codebook_sizes, report["seconds"], folder)
     return ids, report

@@ -31,15 +31,9 @@ from cemg.config import GeneratorConfig
 from cemg.generator.backbone import build_backbone
 from cemg.generator.decoding import DECODE_MODES, PrefixTree, constrained_beam_search
 from cemg.generator.model import GenerativeRecommender
-from cemg.tokenizer.semantic_ids import SemanticIds
+from speed import synthetic_semantic_ids
 
 log = logging.getLogger("bench.generator_speed")
-
-
-def random_semantic_ids(n_items: int, sizes: list[int], seed: int) -> SemanticIds:
-    rng = np.random.default_rng(seed)
-    codes = np.unique(np.stack([rng.integers(0, k, size=2 * n_items) for k in sizes], 1), axis=0)
-    return SemanticIds(codes[rng.permutation(len(codes))[:n_items]], sizes)
 
 
 def main() -> None:
@@ -56,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    sizes = [256] * 4
-    sid = random_semantic_ids(args.items, sizes, seed=0)
+    sid = synthetic_semantic_ids(args.items, levels=4, codebook_size=256, seed=0)
+    sizes = sid.codebook_sizes
     model, vocab = build_backbone(args.preset, sizes, seed=0)
     model.to(args.device)
     rng = np.random.default_rng(1)

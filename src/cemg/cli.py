@@ -356,3 +356,42 @@ def recommend(
     for rank, (item, score) in enumerate(zip(recs[0], scores[0]), 1):
         if item >= 0:
             print(f"{rank:>3}. {dataset.items.keys[item]}  {dataset.items.title(int(item))}  ({score:.2f})")
+
+
+# --- using a finished run --------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    run_dir: Path = typer.Argument(..., help="A finished run folder (e.g. runs/demo after `cemg demo`)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Serve the run's generator over HTTP: POST /recommend, GET /items/{id}, /health, /metrics, /docs."""
+    import uvicorn
+
+    from cemg.api import Recommender
+    from cemg.serve.app import create_app
+
+    _config(None, None, quiet)
+    recommender = Recommender.load(run_dir, device=device)
+    print(f"serving {run_dir} ({recommender.n_items:,} items) on http://{host}:{port}  (OpenAPI: /docs)")
+    uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning" if quiet else "info")
+
+
+@app.command("report")
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder (stages that are missing are reported as such)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN_DIR/report)."),
+    examples: int = typer.Option(3, "--examples", help="Test users shown with their recommendations."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write RUN_DIR/report/report.html and report.md: data, curves, codebooks, fusion weights, results, examples."""
+    _config(None, None, quiet)
+    from cemg.report import write_report
+
+    files = write_report(run_dir, out, n_examples=examples)
+    print(f"report: {files.html}")
+    print(f"        {files.markdown} ({len(files.figures)} figures)")

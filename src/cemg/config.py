@@ -198,6 +198,10 @@ class CEMGConfig(_Section):
     device: str = "auto"  # "auto" picks cuda when available
     run_dir: Path = Path("runs/demo")
     cache_dir: Path = Path("cache")
+    # Training stages save their state to run_dir/checkpoints/ at the first epoch end (or, for the
+    # T5's long epochs, step) this many seconds after the last save; a rerun resumes from it
+    # (src/cemg/checkpoint.py). 0 saves every epoch; a save takes well under a second.
+    checkpoint_seconds: float = 60.0
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     collab: CollabConfig = Field(default_factory=CollabConfig)

@@ -3,19 +3,29 @@
 Each stage's artifact lives in `run_dir/<stage>/` with a manifest whose `inputs_hash` covers the
 stage's config section, the seed and the hashes of the artifacts it reads. A rerun loads every stage
 whose hash still matches and rebuilds from the first one that changed; artifacts are written
-atomically, so an interrupted stage is simply run again.
+atomically, so an interrupted stage is simply run again, and its training resumes from the last
+checkpoint in `run_dir/checkpoints/<stage>-<inputs hash>/` (removed once the artifact is written).
+
+Under torchrun (cemg.distributed) every rank runs this function: rank 0 alone builds and writes the
+stages that do not scale out; the tokenizer and the generator train on every rank; the others wait
+at a barrier and load what rank 0 wrote, so all ranks go on with the same artifacts.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cemg.artifacts import atomic_dir, fingerprint, is_fresh, read_manifest, write_manifest
+import yaml
+
+from cemg import distributed
+from cemg.artifacts import atomic_dir, atomic_write_text, fingerprint, is_fresh, read_manifest, write_manifest
+from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import CEMGConfig, resolve_device
 from cemg.evaluation.protocol import EvalResult, evaluate
 
@@ -44,6 +54,10 @@ def _data_source_digest(cfg: CEMGConfig) -> list[Any]:
     return parts
 
 
+def checkpoint_folder(run_dir: Path, stage: str, inputs_hash: str) -> Path:
+    return Path(run_dir) / "checkpoints" / f"{stage}-{inputs_hash}"
+
+
 def _stage(
     result: RunResult,
     name: str,
@@ -52,28 +66,43 @@ def _stage(
     load: Callable[[Path], Any],
     config: Any,
     force: bool = False,
+    parallel: bool = False,
 ) -> Any:
+    """Load the stage's artifact when fresh, else build and write it. `parallel` stages are built
+    by every rank under torchrun; the others by rank 0 alone."""
     folder = result.run_dir / name
     result.hashes[name] = inputs_hash
-    if not force and is_fresh(folder, inputs_hash):
+    # Rank 0 decides: a slower rank checking after rank 0 wrote the folder would skip the barrier.
+    if distributed.broadcast_object(not force and is_fresh(folder, inputs_hash)):
         log.info("%s: reusing %s", name, folder)
         artifact = load(folder)
         result.reused.append(name)
         result.seconds[name] = float((read_manifest(folder) or {}).get("seconds", 0.0))
     else:
         start = time.perf_counter()
-        artifact = build()
+        artifact = build() if parallel or distributed.is_main() else None
         seconds = time.perf_counter() - start
-        with atomic_dir(folder) as tmp:
-            artifact.save(tmp)
-            write_manifest(tmp, name, inputs_hash, config, seconds=seconds)
-        log.info("%s: built in %.1fs, wrote %s", name, seconds, folder)
+        if distributed.is_main():
+            with atomic_dir(folder) as tmp:
+                artifact.save(tmp)
+                write_manifest(tmp, name, inputs_hash, config, seconds=seconds)
+            log.info("%s: built in %.1fs, wrote %s", name, seconds, folder)
+            checkpoints = checkpoint_folder(result.run_dir, name, inputs_hash)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
+                checkpoints.parent.rmdir()
+        distributed.barrier()
+        if not distributed.is_main():
+            artifact = load(folder)
         result.seconds[name] = seconds
     result.artifacts[name] = artifact
     return artifact
 
 
 STAGES = ("data", "features", "collab", "tokenizer", "generator", "evaluation")
+# The whole config of the latest run_pipeline call, beside the stage folders: the manifests hold
+# only each stage's own section, and cemg.api / `cemg serve` / `cemg report` need the rest.
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -105,9 +134,16 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
     if stop_after not in STAGES:
         raise ValueError(f"unknown stage {stop_after!r}; stages are {', '.join(STAGES)}")
     last = STAGES.index(stop_after)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
     result = RunResult(Path(cfg.run_dir))
     dump = lambda section: section.model_dump(mode="json")  # noqa: E731
+
+    def checkpoint(stage: str, inputs_hash: str, collective: bool = True) -> TrainingCheckpoint:
+        folder = checkpoint_folder(result.run_dir, stage, inputs_hash)
+        return TrainingCheckpoint(folder, cfg.checkpoint_seconds, collective)
+
+    if distributed.is_main():
+        atomic_write_text(result.run_dir / CONFIG_FILE, yaml.safe_dump(dump(cfg), sort_keys=False))
 
     h_data = fingerprint("data", dump(cfg.data), cfg.seed, _data_source_digest(cfg))
     dataset = _stage(
@@ -138,7 +174,9 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
 
         h_collab = fingerprint("collab", h_data, dump(cfg.collab), cfg.seed)
         collab = _stage(
-            result, "collab", h_collab, lambda: train_lightgcn(split, cfg.collab, cfg.seed, device),
+            result, "collab", h_collab,
+            # LightGCN trains on rank 0 alone under torchrun: its checkpoint takes no collective step.
+            lambda: train_lightgcn(split, cfg.collab, cfg.seed, device, checkpoint("collab", h_collab, False)),
             CollabEmbeddings.load, dump(cfg.collab), "collab" in force,
         )
     if last <= STAGES.index("collab"):
@@ -149,8 +187,8 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
     h_tok = fingerprint("tokenizer", h_feat, h_collab, dump(cfg.tokenizer), cfg.seed)
     tokenizer = _stage(
         result, "tokenizer", h_tok,
-        lambda: build_tokenizer(features, collab, cfg.tokenizer, cfg.seed, device),
-        TokenizerArtifact.load, dump(cfg.tokenizer), "tokenizer" in force,
+        lambda: build_tokenizer(features, collab, cfg.tokenizer, cfg.seed, device, checkpoint("tokenizer", h_tok)),
+        TokenizerArtifact.load, dump(cfg.tokenizer), "tokenizer" in force, parallel=True,
     )
     if last <= STAGES.index("tokenizer"):
         return result
@@ -158,9 +196,9 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
     h_gen = fingerprint("generator", h_tok, h_data, dump(cfg.generator), cfg.data.max_history, cfg.seed)
     generator = _stage(
         result, "generator", h_gen,
-        lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device),
+        lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device, checkpoint("generator", h_gen)),
         lambda folder: _load_generator(cfg, folder, device), dump(cfg.generator),
-        "generator" in force,
+        "generator" in force, parallel=True,
     )
     if last <= STAGES.index("generator"):
         return result
@@ -174,16 +212,18 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
     return result
 
 
-def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str):
+def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str, checkpoint: TrainingCheckpoint):
     """`generator.backbone: causal` picks the decoder-only item-level generator; any other value
     is a T5 preset or checkpoint (the paper's seq2seq generator)."""
     if cfg.generator.backbone == "causal":
         from cemg.generator.causal import train_causal_generator
 
-        return train_causal_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation)
+        return train_causal_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
+                                      checkpoint=checkpoint)
     from cemg.generator import train_generator
 
-    return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation)[0]
+    return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
+                           checkpoint=checkpoint)[0]
 
 
 def _load_generator(cfg: CEMGConfig, folder: Path, device: str):

@@ -63,6 +63,17 @@ def test_prefix_tree_children_are_exactly_the_catalogue_prefixes():
     assert tree.n_nodes[-1] == 30 and tree.subtree_size[0].tolist() == [30]
 
 
+def test_prefix_tree_size_grows_with_nodes_not_with_nodes_times_codes():
+    codes = random_codes(30, SIZES, seed=0)
+    tree = PrefixTree(codes, SIZES)
+    n, levels = codes.shape
+    # int64 tables: child_start (nodes + 1 per inner depth), child_code (root + all non-root nodes),
+    # subtree_size (all nodes), ancestor (one per item and depth), leaf_item (one per item)
+    entries = (sum(tree.n_nodes[:-1]) + levels) + (1 + sum(tree.n_nodes[1:])) + sum(tree.n_nodes) \
+        + (levels + 1) * n + n
+    assert tree.nbytes == 8 * entries
+
+
 def test_prefix_tree_rejects_duplicate_codes():
     with pytest.raises(ValueError, match="share a code sequence"):
         PrefixTree(np.array([[0, 1], [0, 1]]), [2, 2])

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from cemg.artifacts import atomic_write_text
+from cemg.artifacts import atomic_file, atomic_write_text
 from cemg.config import BaselineConfig, EvalConfig
 from cemg.data.split import SplitDataset
 
@@ -63,7 +63,8 @@ class SequentialRecommender:
         """`model.pt` (weights) and `model.json` (class and constructor arguments)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.net.state_dict(), folder / "model.pt")
+        with atomic_file(folder / "model.pt") as fh:
+            torch.save(self.net.state_dict(), fh)
         spec = {"class": type(self.net).__name__, "hparams": self.net.hparams}
         atomic_write_text(folder / "model.json", json.dumps(spec, indent=2))
 

@@ -24,6 +24,7 @@ from torch_geometric.nn.models import LightGCN
 from torch_geometric.utils import to_torch_csr_tensor
 from tqdm.auto import tqdm
 
+from cemg.checkpoint import TrainingCheckpoint
 from cemg.collab.artifact import CollabEmbeddings
 from cemg.config import CollabConfig
 from cemg.data.errors import DataError
@@ -196,11 +197,18 @@ def _peak_memory() -> dict[str, float]:
     return out
 
 
-def train_lightgcn(split: SplitDataset, cfg: CollabConfig, seed: int, device: str = "cpu") -> CollabEmbeddings:
+def train_lightgcn(
+    split: SplitDataset,
+    cfg: CollabConfig,
+    seed: int,
+    device: str = "cpu",
+    checkpoint: TrainingCheckpoint | None = None,
+) -> CollabEmbeddings:
     """Train LightGCN with BPR on `split.train`; return the best-validation layer-averaged embeddings.
 
     Everything (graph, embeddings, sampling, scoring) lives on `device`; on CPU the same seed gives
-    identical embeddings. On CUDA, sparse matmul backward is not bit-reproducible.
+    identical embeddings. On CUDA, sparse matmul backward is not bit-reproducible. With a
+    `checkpoint`, the state is saved after epochs and a rerun continues from the last save.
     """
     start = time.perf_counter()
     dev = torch.device(device)
@@ -246,8 +254,14 @@ def train_lightgcn(split: SplitDataset, cfg: CollabConfig, seed: int, device: st
 
     best = {"recall": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     curve: list[dict] = []
-    stale = 0
-    progress = tqdm(range(1, cfg.epochs + 1), desc="LightGCN", unit="epoch", leave=False)
+    stale, first = 0, 1
+    checkpoint = checkpoint or TrainingCheckpoint(None)
+    saved = checkpoint.restore(model=model, optimizer=optimizer, generators={"sampling": generator})
+    if saved is not None:
+        best, curve, stale, first = saved["best"], saved["curve"], saved["stale"], saved["epoch"] + 1
+        start -= saved["seconds"]
+    progress = tqdm(range(first, cfg.epochs + 1), desc="LightGCN", unit="epoch", leave=False,
+                    initial=first - 1, total=cfg.epochs)
     for epoch in progress:
         order = torch.randperm(graph.n_edges, generator=generator, device=dev)
         total, batches = 0.0, 0
@@ -284,6 +298,9 @@ def train_lightgcn(split: SplitDataset, cfg: CollabConfig, seed: int, device: st
         if stale >= cfg.patience:
             log.info("early stop at epoch %d: %d evaluations without improvement", epoch, stale)
             break
+        if checkpoint.due():
+            checkpoint.save(model=model, optimizer=optimizer, generators={"sampling": generator}, epoch=epoch,
+                            best=best, curve=curve, stale=stale, seconds=time.perf_counter() - start)
     progress.close()
 
     model.load_state_dict(best["state"])

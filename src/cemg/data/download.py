@@ -59,6 +59,9 @@ KNOWN_SHA256 = {
     KNOWN_DATAMAPS["Beauty"]: "715ab04838ff1ba21238475ed453a89e8c30aa6214b904d27a79e4168fc7b612",
 }
 _ASIN = re.compile(r"'asin': '([^']*)'")
+# ASINs (and the ISBN-10s some categories use) are short alphanumeric codes; they become image file
+# names, so anything else (a `/`, `..`) in datamaps.json or the metadata is refused.
+_SAFE_ASIN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp"}
 
 
@@ -264,6 +267,8 @@ def check_datamaps(path: Path) -> str | None:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         return f"not valid JSON ({err})"
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
     if not isinstance(data, dict) or not isinstance(data.get("id2item"), dict):
         return "has no `id2item` object"
     return None
@@ -339,8 +344,8 @@ def download_amazon(
 def _sequence_items(path: Path) -> list[int]:
     from cemg.data.readers import read_s3rec_sequences
 
-    items = read_s3rec_sequences(path)["item"].astype(int).unique()
-    return sorted(int(i) for i in items)
+    # Python ints: ids beyond int64 are legal in the file and must not overflow a numpy cast.
+    return sorted({int(i) for i in read_s3rec_sequences(path)["item"]})
 
 
 def _asins(path: Path, item_ids: list[int]) -> dict[int, str]:
@@ -351,23 +356,38 @@ def _asins(path: Path, item_ids: list[int]) -> dict[int, str]:
             path, f"does not match the sequence file: {len(missing)} of its {len(item_ids)} item ids "
             f"(e.g. {missing[:3]}) have no ASIN", field="id2item",
         )
-    return {i: id2item[str(i)] for i in item_ids}
+    asins = {i: id2item[str(i)] for i in item_ids}
+    for i, asin in asins.items():
+        if not (isinstance(asin, str) and _SAFE_ASIN.fullmatch(asin)):
+            raise DownloadError(path, f"item {i} maps to {json.dumps(asin)[:80]}, not an ASIN (letters, digits, _ "
+                                "or -)", field="id2item")
+    return asins
 
 
 def _read_meta(path: Path, wanted: set[str]) -> dict[str, dict]:
     """Records of the wanted ASINs. The 2014 metadata lines are Python literals (single quotes),
     so json fails on them; literal_eval is slow, hence the regex pre-filter on the ASIN."""
     meta: dict[str, dict] = {}
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(tqdm(f, desc=path.name, unit=" lines", leave=False), 1):
-            match = _ASIN.search(line)
-            if match is None or match.group(1) not in wanted:
-                continue
-            try:
-                record = ast.literal_eval(line)
-            except (ValueError, SyntaxError) as err:
-                raise DownloadError(path, f"not a Python-literal record ({err})", line=lineno) from None
-            meta[record["asin"]] = record
+    lineno = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(tqdm(f, desc=path.name, unit=" lines", leave=False), 1):
+                match = _ASIN.search(line)
+                if match is None or match.group(1) not in wanted:
+                    continue
+                try:
+                    record = ast.literal_eval(line)
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+                    # TypeError: an unhashable dict key such as {[1]: 2}
+                    raise DownloadError(path, f"not a Python-literal record ({type(err).__name__}: {err})",
+                                        line=lineno) from None
+                # The regex may have matched inside another field's text: only the record's own
+                # asin counts, and only a wanted one (it becomes an image file name).
+                if isinstance(record, dict) and record.get("asin") in wanted:
+                    meta[record["asin"]] = record
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as err:
+        raise DownloadError(path, f"not readable gzip-compressed UTF-8 text ({type(err).__name__}: {err})",
+                            line=lineno + 1) from None
     return meta
 
 
@@ -381,7 +401,7 @@ def _fetch_images(fetcher: Fetcher, meta: dict[str, dict], out_dir: Path, worker
     jobs = {}
     for asin, record in meta.items():
         url = record.get("imUrl")
-        if not url:
+        if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
             report.images_no_url += 1
             continue
         jobs[asin] = (url, f"images/{_image_name(asin, url)}")
@@ -443,7 +463,11 @@ def _write_items(path: Path, item_ids: list[int], asins: dict[int, str], meta: d
                 "image": image_refs.get(asin),
                 "image_url": record.get("imUrl"),
             }
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            line = json.dumps(row, ensure_ascii=False)
+            # A `\ud800` escape in the metadata decodes to half a UTF-16 pair, which UTF-8 cannot
+            # hold: join real pairs, replace lone halves with U+FFFD.
+            line = line.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            f.write(line + "\n")
     part.replace(path)
     return path
 

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ INTERACTION_COLUMNS = ["user", "item", "timestamp", "order"]
 RECBOLE_TYPES = {"token", "token_seq", "float", "float_seq"}
 _GZIP_MAGIC = b"\x1f\x8b"
 _FALSE = {"", "0", "false", "f", "no", "n", "none", "nan", "null"}
+_ASCII_SPACE = re.compile(r"[ \t\r\f\v]+")
 
 
 # --- bytes and text ---------------------------------------------------------------------------
@@ -87,6 +89,26 @@ def read_text(path: Path, encoding: str = "utf-8", fallback: str | None = None) 
         except UnicodeDecodeError as err2:
             line = raw.count(b"\n", 0, err2.start) + 1
             raise DataError(path, f"not valid {encoding} or {fallback} text", line=line) from None
+
+
+def physical_lines(text: str) -> list[str]:
+    """The file's lines as an editor numbers them. str.splitlines() also breaks at U+2028, U+0085,
+    form feeds and other separators that may sit inside a JSON string or an id, which would split
+    one record in two and shift every later line number."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the terminator of the last line, not a line of its own
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """True for strings that cannot be written as UTF-8: JSON's `\\ud800` escapes decode to such
+    halves of a UTF-16 pair, which later crash any encoder, file write or hash of the text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _log_blank(path: Path, blank: int) -> None:
@@ -191,8 +213,14 @@ def _key_strings(path: Path, values: pd.Series, name: str) -> list[str]:
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
         raise DataError(path, f"missing value in row {row}", field=name)
-    if pd.api.types.is_float_dtype(values) and bool((values == values.round()).all()):
-        values = values.astype("int64")
+    if pd.api.types.is_float_dtype(values):
+        infinite = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise DataError(path, f"non-finite key {values.iloc[row]!r} in row {row}", field=name)
+        # beyond 2**53 floats no longer hold every integer, and int64 casts would overflow
+        if bool((values == values.round()).all()) and bool((values.abs() < 2**53).all()):
+            values = values.astype("int64")
     return values.astype(str).tolist()
 
 
@@ -201,13 +229,16 @@ def _parse_times(path: Path, raw: list, lines: list[int] | None, name: str) -> n
     text = pd.Series(raw, dtype=object).astype(str).str.strip()
     blank = pd.Series(raw, dtype=object).isna() | text.isin(["", "nan", "NaN", "None"])
     times = pd.to_numeric(text.where(~blank, None), errors="coerce")
-    bad = (times.isna() & ~blank).to_numpy()
+    values = times.to_numpy(dtype=np.float64)
+    # inf (or 1e400) would sort after every real time and pass for one; NaN is reserved for "no time".
+    bad = ((times.isna() & ~blank).to_numpy()) | np.isinf(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        what = "a finite number" if np.isinf(values[i]) else "a number"
         if lines is None:
-            raise DataError(path, f"row {i}: timestamp {raw[i]!r} is not a number", field=name)
-        raise DataError(path, f"timestamp {raw[i]!r} is not a number", line=lines[i], field=name)
-    return times.to_numpy(dtype=np.float64)
+            raise DataError(path, f"row {i}: timestamp {raw[i]!r} is not {what}", field=name)
+        raise DataError(path, f"timestamp {raw[i]!r} is not {what}", line=lines[i], field=name)
+    return values
 
 
 def _interaction_frame(users: list[str], items: list[str], times: np.ndarray | None) -> pd.DataFrame:
@@ -233,9 +264,11 @@ def read_s3rec_sequences(path: Path) -> pd.DataFrame:
     users: list[str] = []
     items: list[str] = []
     blank = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
+    for lineno, line in enumerate(physical_lines(text), 1):
+        # ASCII whitespace only: Unicode spaces (U+00A0, U+2028, ...) inside a token make it an
+        # invalid id rather than silently splitting it into two ids.
+        parts = _ASCII_SPACE.split(line.strip(" \t\r\f\v"))
+        if parts == [""]:
             blank += 1
             continue
         if len(parts) < 2:
@@ -372,6 +405,12 @@ def read_item_table(
         out["image"] = pd.Series([text_value(v) for v in columns[image_column]], dtype=object)
     elif image_column is not None:
         log.info("%s: no %r column; items have no images from this table", path, image_column)
+    for name, column in out.items():
+        for i, value in enumerate(column):
+            if value is not None and has_lone_surrogate(value):
+                where = i if lines is None else lines[i]
+                raise DataError(path, f"invalid Unicode: a lone UTF-16 surrogate ({unit} {where})",
+                                line=None if lines is None else where, field=key if name == "item" else name)
     return pd.DataFrame(out)
 
 
@@ -384,7 +423,7 @@ def _read_json_lines(
     lines: list[int] = []
     present: set[str] = set()
     blank = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(physical_lines(text), 1):
         if not line.strip():
             blank += 1
             continue
@@ -392,6 +431,8 @@ def _read_json_lines(
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line=lineno) from None
+        except RecursionError:
+            raise DataError(path, "JSON nested too deeply to read", line=lineno) from None
         if not isinstance(record, dict):
             raise DataError(path, f"expected a JSON object, found {type(record).__name__}", line=lineno)
         if record.get(key) is None:
@@ -403,8 +444,22 @@ def _read_json_lines(
     if not lines:
         raise DataError(path, "file is empty")
     _log_blank(path, blank)
-    columns[key] = [str(k).strip() for k in columns[key]]
+    columns[key] = [_json_key(path, k, line, key) for k, line in zip(columns[key], lines)]
     return columns, lines, present
+
+
+def _json_key(path: Path, value: Any, line: int, name: str) -> str:
+    """A JSON item key as text. Only strings and integers (or integral floats, as pandas writes
+    them) are keys: `NaN`, `Infinity` (which Python's json accepts), booleans, lists and objects
+    would otherwise become keys such as 'nan' or "[1, 2]" that match nothing."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    raise DataError(path, f"item key must be a string or an integer, found {json.dumps(value)[:40]}",
+                    line=line, field=name)
 
 
 # --- lookups ----------------------------------------------------------------------------------
@@ -452,19 +507,25 @@ def _read_json_lookup(spec: LookupConfig, encoding: str, fallback: str | None) -
         data = json.loads(read_text(path, encoding, fallback))
     except json.JSONDecodeError as err:
         raise DataError(path, f"not valid JSON ({err.msg})", line=err.lineno) from None
+    except RecursionError:
+        raise DataError(path, "JSON nested too deeply to read") from None
     if spec.field is not None:
         if not isinstance(data, dict) or spec.field not in data:
             raise DataError(path, "JSON lookup object not found", field=spec.field)
         data = data[spec.field]
     if not isinstance(data, dict):
         raise DataError(path, "a JSON lookup must be an object of key: value", field=spec.field)
-    return {str(k): _apply_template(spec, v) for k, v in data.items() if text_value(v) is not None}
+    out = {str(k): _apply_template(spec, v) for k, v in data.items() if text_value(v) is not None}
+    for k, v in out.items():
+        if has_lone_surrogate(k) or has_lone_surrogate(v):
+            raise DataError(path, f"invalid Unicode: a lone UTF-16 surrogate in the entry {k!r}", field=spec.field)
+    return out
 
 
 def _apply_template(spec: LookupConfig, value: Any) -> str:
     """`{}` or `{value}` in the template stands for the looked-up value."""
     try:
         return spec.template.format(value, value=value)
-    except (KeyError, IndexError, ValueError) as err:
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as err:
         raise DataError(spec.path, f"bad lookup template {spec.template!r} ({err!r}); use {{}} or {{value}}",
                         field="template") from None

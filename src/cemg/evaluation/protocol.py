@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cemg.artifacts import atomic_write_text
+from cemg.artifacts import atomic_file, atomic_write_text
 from cemg.config import EvalConfig
 from cemg.data.split import SplitDataset
 from cemg.evaluation.metrics import per_user_metrics, summarize, target_ranks
@@ -55,7 +55,8 @@ class EvalResult:
         """`name.json` (summary) and `name.per_user.npz` (users, ranks) for paired tests."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / f"{name}.per_user.npz", users=self.users, ranks=self.ranks)
+        with atomic_file(folder / f"{name}.per_user.npz") as fh:
+            np.savez_compressed(fh, users=self.users, ranks=self.ranks)
         atomic_write_text(folder / f"{name}.json", json.dumps(self.to_dict(), indent=2))
 
     @classmethod

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from cemg.data.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,16 @@ class ItemFeatures:
             values, mask = getattr(self, name), getattr(self, f"{name}_mask")
             if (values is None) != (mask is None):
                 raise ValueError(f"{name} and {name}_mask must both be set or both be None")
-            if values is not None and (values.shape[0] != self.n_items or mask.shape != (self.n_items,)):
+            if values is None:
+                continue
+            if values.ndim != 2 or values.shape[0] != self.n_items or mask.shape != (self.n_items,):
                 raise ValueError(f"{name} features do not cover {self.n_items} items")
+            if not np.issubdtype(values.dtype, np.floating) or mask.dtype != np.bool_:
+                raise ValueError(f"{name} features must be floats with a bool mask, found {values.dtype}/{mask.dtype}")
+            finite = np.isfinite(values).all(axis=1)
+            if not finite.all():
+                # NaN would reach the fusion layer and the RQ-VAE and silently poison every code.
+                raise ValueError(f"{name} features hold NaN or inf (item {int(np.flatnonzero(~finite)[0])})")
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
@@ -44,8 +55,23 @@ class ItemFeatures:
 
     @classmethod
     def load(cls, folder: Path) -> ItemFeatures:
+        """Raise DataError naming the file when the folder is missing, damaged or inconsistent."""
         folder = Path(folder)
-        meta = json.loads((folder / "features.json").read_text(encoding="utf-8"))
-        arrays = np.load(folder / "features.npz")
-        get = lambda k: arrays[k] if k in arrays.files else None  # noqa: E731
-        return cls(meta["n_items"], get("text"), get("text_mask"), get("image"), get("image_mask"), meta["info"])
+        about, npz = folder / "features.json", folder / "features.npz"
+        try:
+            meta = json.loads(about.read_text(encoding="utf-8"))
+            n_items, info = int(meta["n_items"]), dict(meta["info"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError,
+                ValueError) as err:
+            raise DataError(about, f"not a readable item-features description ({type(err).__name__}: {err})") from None
+        try:
+            # np.load raises OSError, ValueError, EOFError or zipfile's errors on damaged files;
+            # allow_pickle stays off so a crafted file cannot run code.
+            with np.load(npz, allow_pickle=False) as arrays:
+                got = {k: arrays[k] for k in ("text", "text_mask", "image", "image_mask") if k in arrays.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+            raise DataError(npz, f"not a readable feature archive ({type(err).__name__}: {err})") from None
+        try:
+            return cls(n_items, got.get("text"), got.get("text_mask"), got.get("image"), got.get("image_mask"), info)
+        except ValueError as err:
+            raise DataError(npz, str(err)) from None

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cemg.artifacts import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class VectorCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         about = self.folder / "encoder.json"
         if description is not None and not about.exists():
-            about.write_text(json.dumps(description, indent=2, default=str), encoding="utf-8")
+            atomic_write_text(about, json.dumps(description, indent=2, default=str))
         for shard in sorted(self.folder.glob("shard-*.npz")):
             try:
                 with np.load(shard) as arrays:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import posixpath
 import re
 import tarfile
 import time
 import uuid
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 IMAGE_MODELS = ("efficientnet-lite0", "vgg16", "auto")
 DOWNLOAD_TIMEOUT = (5.0, 30.0)  # seconds: connect, read
 MAX_DOWNLOAD_BYTES = 50 << 20  # an item image larger than this is not an item image
+# Longest side an image is resized to before the centre crop: 4x the usual 256-pixel shorter side
+# leaves every ordinary poster or product photo (aspect ratio up to 4:1) untouched.
+_MAX_RESIZED_SIDE = 1024
 GIVE_UP_AFTER = 20  # consecutive failed downloads, with none succeeding, before assuming no network
 
 # Reasons an item ends up without an image vector; counted in info["missing_by_reason"].
@@ -166,6 +171,15 @@ def preprocess(image: Image.Image, spec: ImageModelSpec) -> np.ndarray:
     """Resize the shorter side, centre-crop, normalise: (3, crop, crop) float32."""
     w, h = image.size
     scale = spec.resize / min(w, h)
+    if max(w, h) * scale > _MAX_RESIZED_SIDE:
+        # A 1x10000 strip (a few hundred bytes of PNG) would be resized to 256 x 2.56M pixels, GBs,
+        # before the centre crop keeps 224x224 of it: cut the long side to what the crop can reach.
+        keep = math.ceil(_MAX_RESIZED_SIDE / scale)
+        if w > h:
+            image = image.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+        else:
+            image = image.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+        w, h = image.size
     w, h = max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
     image = image.resize((w, h), Image.BILINEAR)
     left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
@@ -183,8 +197,13 @@ def is_url(ref: str) -> bool:
 
 def safe_relative(ref: str) -> str | None:
     """`ref` as a normalised relative POSIX path, or None when it would leave the image root
-    (absolute paths, drive letters, `..` segments, other URL schemes)."""
-    if "://" in ref:
+    (absolute paths, drive letters, `..` segments, other URL schemes), or that no file system can
+    name (NUL bytes, lone UTF-16 surrogates: os calls raise ValueError on them)."""
+    if "://" in ref or "\x00" in ref:
+        return None
+    try:
+        os.fsencode(ref)
+    except UnicodeEncodeError:
         return None
     path = ref.replace("\\", "/")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
@@ -201,7 +220,11 @@ Fetched = tuple[int, bytes | None, str | None]  # item, bytes, reason they are m
 def _read_folder(root: Path, wanted: dict[str, list[int]]) -> Iterator[Fetched]:
     base = root.resolve()
     for rel, items in wanted.items():
-        path = (root / rel).resolve()
+        try:
+            path = (root / rel).resolve()
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+            yield from ((i, None, ABSENT) for i in items)
+            continue
         if not path.is_relative_to(base):  # a symlink inside the root that points outside it
             log.warning("image %r resolves to %s, outside the image root %s: ignored", rel, path, base)
             yield from ((i, None, REFUSED) for i in items)
@@ -218,17 +241,22 @@ def _read_tar(archive: Path, wanted: dict[str, list[int]]) -> Iterator[Fetched]:
     # One sequential pass in archive order, stopping once every wanted member was seen: random
     # access into a .tar.gz re-decompresses from the start, a single pass never does.
     left = dict(wanted)
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar:
-            if not left:
-                break
-            name = posixpath.normpath(member.name)
-            if name not in left or not member.isfile():  # links are not followed: they could point anywhere
-                continue
-            items = left.pop(name)
-            handle = tar.extractfile(member)
-            data = handle.read() if handle is not None else None
-            yield from ((i, data, None if data is not None else ABSENT) for i in items)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                if not left:
+                    break
+                name = posixpath.normpath(member.name)
+                if name not in left or not member.isfile():  # links are not followed: they could point anywhere
+                    continue
+                items = left.pop(name)
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else None
+                yield from ((i, data, None if data is not None else ABSENT) for i in items)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        # A truncated download or a damaged archive: say so rather than encode a silent subset.
+        raise DataError(archive, f"corrupt or truncated tar archive ({type(err).__name__}: {err})",
+                        field="image_root") from None
     for items in left.values():
         yield from ((i, None, ABSENT) for i in items)
 

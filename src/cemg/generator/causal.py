@@ -34,7 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, get_linear_schedule_with_warmup
 
+from cemg import distributed
 from cemg.artifacts import atomic_dir
+from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import EvalConfig, GeneratorConfig, resolve_device
 from cemg.data.split import EvalExamples, SplitDataset
 from cemg.evaluation.protocol import evaluate
@@ -422,6 +424,29 @@ def _subsample_valid(split: SplitDataset, n: int | None, seed: int) -> SplitData
     return dataclasses.replace(split, valid=sub)
 
 
+class _WindowLoss(nn.Module):
+    """One training step's forward as a single module call, which DistributedDataParallel wraps.
+
+    Under torchrun the mean over this rank's positions is weighted by its share of the global
+    batch's positions, so DDP's gradient average is the gradient of the global batch's mean.
+    """
+
+    def __init__(self, model: CausalSemanticModel, tree: PrefixTree):
+        super().__init__()
+        self.model, self.tree = model, tree
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(loss to back-propagate, this rank's mean loss (detached), its number of positions)."""
+        keep = y >= 0
+        hidden = self.model.encode(x)[keep]  # (positions, d): padding never enters the loss
+        loss = self.model.loss(hidden, y[keep], self.tree)
+        n = int(keep.sum())
+        weighted = loss
+        if distributed.is_distributed():
+            weighted = loss * (n * distributed.world_size() / distributed.all_reduce_sum(n, x.device))
+        return weighted, loss.detach(), n
+
+
 def train_causal_generator(
     split: SplitDataset,
     semantic_ids: SemanticIds,
@@ -430,15 +455,18 @@ def train_causal_generator(
     device: str = "cpu",
     eval_cfg: EvalConfig | None = None,
     out_dir: Path | None = None,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> CausalGenerativeRecommender:
     """Train on split.train only; return the best-on-validation (NDCG@10) recommender.
 
     Its `info` holds the per-epoch curve, epochs run, best epoch, seconds and parameter count.
-    With `out_dir`, the final (best) model is saved there.
+    With `out_dir`, the final (best) model is saved there. With a `checkpoint`, the training state
+    is saved after epochs and a rerun resumes from it. Under torchrun each rank trains on its share
+    of every batch and rank 0 evaluates (cemg.distributed).
     """
     if semantic_ids.n_items != split.n_items:
         raise ValueError(f"semantic ids cover {semantic_ids.n_items} items but the dataset has {split.n_items}")
-    device = resolve_device(device)
+    device = distributed.setup(resolve_device(device))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     spec = CausalSpec.from_config(cfg, semantic_ids, split.max_history)
@@ -463,29 +491,39 @@ def train_causal_generator(
 
     curve: list[dict] = []
     best = {"ndcg": -1.0, "epoch": 0, "state": None}
-    stale, start = 0, time.perf_counter()
-    bar = tqdm(range(1, cfg.causal_epochs + 1), desc="causal generator", unit="epoch")
+    stale, start, first = 0, time.perf_counter(), 1
+    # GPT-2's token table is never used (inputs_embeds), so DDP must not wait for its gradient.
+    step_loss = distributed.wrap(_WindowLoss(model, rec.tree), device, find_unused_parameters=True)
+    distributed.seed_per_rank(seed)
+    checkpoint = checkpoint or TrainingCheckpoint(None)
+    saved = checkpoint.restore(model=model, optimizer=optimizer, scheduler=scheduler, generators={"batches": rng})
+    if saved is not None:
+        curve, best, stale, first = saved["curve"], saved["best"], saved["stale"], saved["epoch"] + 1
+        start -= saved["seconds"]
+    bar = tqdm(range(first, cfg.causal_epochs + 1), desc="causal generator", unit="epoch", initial=first - 1,
+               total=cfg.causal_epochs, disable=None if distributed.is_main() else True)
     for epoch in bar:
         model.train()
         tic, total, count = time.perf_counter(), 0.0, 0
         for rows in length_sorted_batches(lengths, cfg.batch_size, rng):
+            if len(rows) < distributed.world_size():
+                continue  # a rank would get no rows: this tail batch is skipped by every rank alike
+            rows = distributed.shard(rows)
             width = int(lengths[rows].max())
             x = torch.from_numpy(inputs[rows, -width:]).to(device)
             y = torch.from_numpy(targets[rows, -width:]).to(device)
-            keep = y >= 0
-            hidden = model.encode(x)[keep]  # (positions, d): padding never enters the loss
-            loss = model.loss(hidden, y[keep], rec.tree)
+            weighted, loss, n = step_loss(x, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            weighted.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            n = int(keep.sum())
-            total, count = total + float(loss.detach()) * n, count + n
+            total, count = total + float(loss) * n, count + n
         row = {"epoch": epoch, "loss": total / max(count, 1), "train_seconds": time.perf_counter() - tic}
         if epoch % cfg.eval_every == 0 or epoch == cfg.causal_epochs:
-            result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=4096)
+            result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=4096) if distributed.is_main() else None
+            result = distributed.broadcast_object(result)  # every rank takes rank 0's early-stopping decision
             row.update(valid=result.metrics, eval_seconds=result.seconds)
             ndcg = result.metrics["NDCG@10"]
             if ndcg > best["ndcg"]:
@@ -502,6 +540,9 @@ def train_causal_generator(
         if stale >= cfg.patience:
             log.info("causal generator: no better NDCG@10 for %d evaluations; stopping", stale)
             break
+        if checkpoint.due():
+            checkpoint.save(model=model, optimizer=optimizer, scheduler=scheduler, generators={"batches": rng},
+                            epoch=epoch, curve=curve, best=best, stale=stale, seconds=time.perf_counter() - start)
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -519,7 +560,7 @@ def train_causal_generator(
         "device": str(device),
         "history": copy.deepcopy(curve),
     }
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         with atomic_dir(Path(out_dir)) as tmp:
             rec.save(tmp)
     log.info("causal generator: trained %d epochs in %.0fs, best epoch %d, valid NDCG@10 %.4f%s", len(curve),

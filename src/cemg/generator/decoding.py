@@ -62,6 +62,12 @@ class PrefixTree:
                 self.child_code.append(torch.from_numpy(ordered[first_row[depth + 1], depth]))
         self.leaf_item = torch.from_numpy(order)  # depth-L node -> item id
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tree's tables: O(items x levels), with no (nodes, K) table anywhere."""
+        tensors = [*self.child_start, *self.child_code, *self.subtree_size, *self.ancestor, self.leaf_item]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def to(self, device: torch.device | str) -> PrefixTree:
         for name in ("child_start", "child_code", "subtree_size", "ancestor"):
             setattr(self, name, [t.to(device) for t in getattr(self, name)])

@@ -19,7 +19,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from cemg import distributed
 from cemg.artifacts import atomic_dir
+from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import EvalConfig, GeneratorConfig, resolve_device
 from cemg.data.split import EvalExamples, SplitDataset
 from cemg.evaluation.protocol import evaluate
@@ -103,17 +105,21 @@ def train_generator(
     device: str = "cpu",
     out_dir: Path | None = None,
     eval_cfg: EvalConfig | None = None,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> tuple[GenerativeRecommender, dict]:
     """Train a generator on `split.train`; returns the best-on-validation recommender and a record.
 
-    With `out_dir`, each new best model is saved there (GenerativeRecommender.save) as it is found,
-    so an interrupted run still leaves its best checkpoint.
+    With `out_dir`, each new best model is saved there (GenerativeRecommender.save) as it is found.
+    With a `checkpoint`, the whole training state is saved after epochs and, since a Beauty epoch
+    takes tens of minutes on a CPU, after steps once `checkpoint.every_seconds` have passed; a rerun
+    continues from the step after the last save. Under torchrun each rank trains on its share of
+    every batch and rank 0 evaluates and saves (cemg.distributed).
     """
     if semantic_ids.n_items != split.n_items:
         raise ValueError(
             f"semantic ids cover {semantic_ids.n_items} items but the dataset has {split.n_items}"
         )
-    device = resolve_device(device)
+    device = distributed.setup(resolve_device(device))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model, vocab = build_backbone(cfg.backbone, semantic_ids.codebook_sizes, seed)
@@ -139,22 +145,46 @@ def train_generator(
     history: list[dict] = []
     best = {"ndcg": -1.0, "epoch": 0, "state": None}
     bad_evals, start = 0, time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    train_model = distributed.wrap(model, device)
+    distributed.seed_per_rank(seed)
+    # A checkpoint holds the epoch in progress, the steps done in it and the batch generator's
+    # state at the epoch's start: the epoch's batches are redrawn and the done ones skipped.
+    checkpoint = checkpoint or TrainingCheckpoint(None)
+    first_epoch, done_steps, done_loss = 1, 0, 0.0
+    saved = checkpoint.restore(model=model, optimizer=optimizer, scheduler=scheduler, generators={"batches": rng})
+    if saved is not None:
+        history, best, bad_evals = saved["history"], saved["best"], saved["bad_evals"]
+        first_epoch, done_steps, done_loss = saved["epoch"], saved["step"], saved["epoch_loss"]
+        start -= saved["seconds"]
+
+    def save(epoch: int, step: int, epoch_loss: float, batch_rng: np.random.Generator) -> None:
+        checkpoint.save(model=model, optimizer=optimizer, scheduler=scheduler, generators={"batches": batch_rng},
+                        epoch=epoch, step=step, epoch_loss=epoch_loss, history=history, best=best,
+                        bad_evals=bad_evals, seconds=time.perf_counter() - start)
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
+        epoch_rng = copy.deepcopy(rng)
         batches = length_bucketed_batches(examples.history_lengths, cfg.batch_size, rng)
-        epoch_start, total_loss = time.perf_counter(), 0.0
-        bar = tqdm(batches, desc=f"generator epoch {epoch}", leave=False)
-        for rows in bar:
-            items, lengths, targets = examples.batch(rows)
+        epoch_start, total_loss = time.perf_counter(), done_loss
+        bar = tqdm(batches, desc=f"generator epoch {epoch}", leave=False,
+                   disable=None if distributed.is_main() else True)
+        for step, rows in enumerate(bar, 1):
+            if step <= done_steps or len(rows) < distributed.world_size():
+                continue
+            local = distributed.shard(rows)
+            items, lengths, targets = examples.batch(local)
             ids, mask = vocab.encode_items(items, lengths, item_tokens)
             labels = semantic_ids.codes[targets] + labels_offsets[None, :]  # (b, L) target tokens
-            out = model(
+            out = train_model(
                 input_ids=torch.from_numpy(ids).to(device),
                 attention_mask=torch.from_numpy(mask).to(device),
                 labels=torch.from_numpy(labels).to(device),
             )
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            # T5's loss is the mean over this rank's rows; weighting it by the rank's share of the
+            # global batch makes DDP's gradient average the gradient of the global batch's mean.
+            (out.loss * (len(local) * distributed.world_size() / len(rows))).backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -162,38 +192,47 @@ def train_generator(
             loss = out.loss.item()
             total_loss += loss
             bar.set_postfix(loss=f"{loss:.3f}")
+            if step < len(batches) and checkpoint.due():
+                save(epoch, step, total_loss, epoch_rng)
+        done_steps, done_loss = 0, 0.0
         record = {"epoch": epoch, "loss": total_loss / steps_per_epoch,
                   "train_seconds": time.perf_counter() - epoch_start}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=cfg.eval_batch_size * 8)
-            record.update(valid=result.metrics, eval_seconds=result.seconds)
-            ndcg = result.metrics["NDCG@10"]
+            result = None
+            if distributed.is_main():
+                result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=cfg.eval_batch_size * 8)
+            metrics, eval_seconds = distributed.broadcast_object(
+                (result.metrics, result.seconds) if result is not None else None)
+            record.update(valid=metrics, eval_seconds=eval_seconds)
+            ndcg = metrics["NDCG@10"]
             if ndcg > best["ndcg"]:
                 best = {"ndcg": ndcg, "epoch": epoch,
                         "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
                 bad_evals = 0
-                if out_dir is not None:
+                if out_dir is not None and distributed.is_main():
                     rec.info = _info(history + [record], best, examples, n_params, start)
                     with atomic_dir(Path(out_dir)) as tmp:
                         rec.save(tmp)
             else:
                 bad_evals += 1
             log.info("generator epoch %d: loss %.4f (%.1fs), valid NDCG@10 %.4f HR@10 %.4f (%.1fs)%s",
-                     epoch, record["loss"], record["train_seconds"], ndcg, result.metrics["HR@10"],
-                     result.seconds, " best" if bad_evals == 0 else "")
+                     epoch, record["loss"], record["train_seconds"], ndcg, metrics["HR@10"],
+                     eval_seconds, " best" if bad_evals == 0 else "")
         else:
             log.info("generator epoch %d: loss %.4f (%.1fs)", epoch, record["loss"], record["train_seconds"])
         history.append(record)
         if bad_evals >= cfg.patience:
             log.info("generator: early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
             break
+        if checkpoint.due():
+            save(epoch + 1, 0, 0.0, rng)
 
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     info = _info(history, best, examples, n_params, start)
     rec.info = info
     model.eval()
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         with atomic_dir(Path(out_dir)) as tmp:
             rec.save(tmp)
     log.info("generator: trained in %.0fs, best epoch %d, valid NDCG@10 %.4f%s", info["seconds"],

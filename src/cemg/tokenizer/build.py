@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from cemg import distributed
+from cemg.checkpoint import TrainingCheckpoint
 from cemg.collab.artifact import CollabEmbeddings
 from cemg.config import TokenizerConfig
 from cemg.features.artifact import ItemFeatures
@@ -364,9 +366,14 @@ def _device_of(inputs: TokenizerInputs) -> torch.device:
 
 
 def train_tokenizer_model(
-    inputs: TokenizerInputs, cfg: TokenizerConfig, seed: int
+    inputs: TokenizerInputs, cfg: TokenizerConfig, seed: int, checkpoint: TrainingCheckpoint | None = None
 ) -> tuple[TokenizerModel, dict[str, Any]]:
-    """Train fusion + RQ-VAE on all items; returns the model (eval mode) and the training curve."""
+    """Train fusion + RQ-VAE on all items; returns the model (eval mode) and the training curve.
+
+    With a `checkpoint` the state is saved after epochs and a rerun resumes from it. Under torchrun
+    each rank takes its share of every batch (cemg.distributed) and the codebooks' EMA and the
+    diversity term see the global batch; every rank returns rank 0's model.
+    """
     device = _device_of(inputs)
     torch.manual_seed(seed)
     model = TokenizerModel.for_inputs(inputs, cfg).to(device)
@@ -386,7 +393,16 @@ def train_tokenizer_model(
     log_every = max(1, cfg.epochs // 10)
     curve = []
     start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc="tokenizer", unit="epoch", leave=False)
+    checkpoint = checkpoint or TrainingCheckpoint(None)
+    saved = checkpoint.restore(model=model, optimizer=optimiser, generators={"shuffle": shuffle})
+    first = 0
+    if saved is not None:
+        first, curve = saved["epoch"], saved["curve"]
+        start -= saved["seconds"]
+    if distributed.is_distributed():
+        model.rqvae.quantizer.share_batch_statistics()
+    train_model = distributed.wrap(model, device)
+    bar = tqdm(range(first, cfg.epochs), desc="tokenizer", unit="epoch", leave=False, initial=first, total=cfg.epochs)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=shuffle).to(device)
@@ -394,7 +410,10 @@ def train_tokenizer_model(
         commit = torch.zeros(cfg.levels)
         div = torch.zeros(cfg.levels)
         for b in range(steps_per_epoch):
-            out = model(inputs.rows(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]))
+            rows = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            if len(rows) < distributed.world_size():
+                continue  # a rank would get no rows: this tail batch is skipped by every rank alike
+            out = train_model(inputs.rows(distributed.shard(rows)))
             optimiser.zero_grad(set_to_none=True)
             out["loss"].backward()
             optimiser.step()
@@ -412,7 +431,14 @@ def train_tokenizer_model(
                 epoch + 1, cfg.epochs, sums["loss"], sums["recon"], sums["latent_sq_norm"],
                 [round(c, 4) for c in commit.tolist()], [round(d, 3) for d in div.tolist()],
             )
+        if checkpoint.due():
+            checkpoint.save(model=model, optimizer=optimiser, generators={"shuffle": shuffle}, epoch=epoch + 1,
+                            curve=curve, seconds=time.perf_counter() - start)
     seconds = time.perf_counter() - start
+    if distributed.is_distributed():
+        model.rqvae.quantizer.share_batch_statistics(False)
+        # Dead codes are re-seeded from each rank's own rows after the last step's broadcast.
+        distributed.broadcast_module(model)
     model.eval()
     return model, {"epochs": cfg.epochs, "steps": cfg.epochs * steps_per_epoch, "seconds": seconds, "curve": curve}
 
@@ -423,8 +449,10 @@ def build_tokenizer(
     cfg: TokenizerConfig,
     seed: int,
     device: str = "cpu",
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> TokenizerArtifact:
     """Paper 4.2.2.3 + 4.2.3 end to end: semantic ids for every item, a report, and the model."""
+    device = distributed.setup(device)
     inputs = prepare_inputs(features, collab if cfg.use_collab else None, cfg, device)
     n = inputs.n_items
     log.info(
@@ -432,7 +460,7 @@ def build_tokenizer(
         n, [m for m in ("image", "text", "collab") if getattr(inputs, m) is not None],
         cfg.levels, cfg.codebook_size, cfg.epochs, device,
     )
-    model, training = train_tokenizer_model(inputs, cfg, seed)
+    model, training = train_tokenizer_model(inputs, cfg, seed, checkpoint)
     final = _evaluate(model, inputs)
     ids, collisions = make_unique(final["codes"], cfg.codebook_size)
 

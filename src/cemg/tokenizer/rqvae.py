@@ -33,8 +33,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
+
+
+def _batch_mean(x: Tensor, across_processes: bool) -> Tensor:
+    """Mean over the rows of x; under data-parallel training, over the rows of every process.
+
+    The diversity term is a non-linear function of a batch mean, so the mean of the per-process
+    terms is not the term of the whole batch. The sum is all-reduced with the differentiable
+    all_reduce, whose backward sums the gradients of every process's copy of the term; DDP's
+    averaging then divides that by the world size, giving the gradient of the global term.
+    """
+    if not across_processes:
+        return x.mean(dim=0)
+    from torch.distributed.nn.functional import all_reduce
+
+    count = torch.tensor([float(len(x))], device=x.device)
+    dist.all_reduce(count)
+    return all_reduce(x.sum(dim=0)) / count
 
 
 @dataclass
@@ -67,6 +85,7 @@ class ResidualQuantizer(nn.Module):
             raise ValueError(f"diversity_form must be 'relative' or 'absolute', not {diversity_form!r}")
         self.dim, self.levels, self.codebook_size = dim, levels, codebook_size
         self.gamma, self.diversity_form, self.diversity_temperature = gamma, diversity_form, diversity_temperature
+        self.across_processes = False
         library_gamma = gamma if diversity_form == "absolute" else 0.0
         self.layers = nn.ModuleList(
             VectorQuantize(
@@ -85,6 +104,18 @@ class ResidualQuantizer(nn.Module):
             for _ in range(levels)
         )
 
+    def share_batch_statistics(self, enabled: bool = True) -> None:
+        """Under torchrun: compute the codebooks' EMA updates and the diversity term over the global
+        batch (all ranks' rows), as one process would.
+
+        The library does this only when built with sync_codebook, which also runs its distributed
+        k-means init; ours runs beforehand on the same full sample on every rank, so only the EMA's
+        all-reduce is switched on, after it.
+        """
+        self.across_processes = enabled
+        for layer in self.layers:
+            layer._codebook.all_reduce_fn = dist.all_reduce if enabled else (lambda *args, **kwargs: None)
+
     @property
     def codebooks(self) -> Tensor:
         """(levels, K, dim) current code vectors."""
@@ -100,8 +131,9 @@ class ResidualQuantizer(nn.Module):
                 # Before the layer's forward: in training mode it moves its codebook (EMA, dead codes).
                 book = layer._codebook.embed[0].detach()  # (K, dim)
                 d2 = (residual**2).sum(1, keepdim=True) - 2 * residual @ book.T + (book**2).sum(1)  # (n, K)
-                scale = d2.std(dim=1).mean().clamp_min(1e-12)  # not detached: scale invariance
-                usage = torch.softmax(-d2 / (self.diversity_temperature * scale), dim=1).mean(dim=0)
+                scale = _batch_mean(d2.std(dim=1), self.across_processes).clamp_min(1e-12)  # not detached
+                usage = _batch_mean(torch.softmax(-d2 / (self.diversity_temperature * scale), dim=1),
+                                    self.across_processes)
                 neg_entropy = (usage * torch.log(usage.clamp_min(1e-12))).sum()
             else:
                 neg_entropy = None

@@ -1,0 +1,205 @@
+"""What a run report shows, gathered from a run folder's artifacts (nothing is retrained or re-scored).
+
+Every section is optional: a run stopped after the tokenizer still gets its dataset, curves, codebook
+and fusion sections, and the report says which stages are missing for the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cemg.api import FusionView, Recommender, compute_fusion_view, load_run_config
+from cemg.artifacts import read_manifest
+from cemg.config import CEMGConfig
+from cemg.data.dataset import InteractionDataset
+from cemg.data.split import leave_one_out
+from cemg.pipeline import STAGES, RunEvaluation
+
+log = logging.getLogger(__name__)
+
+# The CEMG paper's Table 2 (test split, full ranking) where our copy of the paper keeps the value;
+# the other cells did not survive, so they are left out rather than guessed.
+PAPER_RESULTS: dict[str, dict[str, float]] = {
+    "beauty": {"HR@10": 0.0665, "NDCG@10": 0.0348},
+}
+
+
+@dataclass
+class ExampleItem:
+    item: int
+    key: str
+    title: str
+    image: bytes | None = None  # thumbnail PNG, when the dataset has an image for the item
+    score: float | None = None
+    is_target: bool = False
+
+
+@dataclass
+class Example:
+    user: str
+    history: list[ExampleItem]  # the last few history items, oldest first
+    target: ExampleItem  # the held-out test item
+    recommended: list[ExampleItem]
+
+
+@dataclass
+class RunContent:
+    run_dir: Path
+    config: CEMGConfig
+    stages: dict[str, bool]  # stage -> artifact present
+    dataset: InteractionDataset | None = None
+    sequence_lengths: np.ndarray | None = None
+    item_counts: np.ndarray | None = None  # interactions per item (whole dataset)
+    modality_counts: dict[str, int] = field(default_factory=dict)
+    collab_info: dict[str, Any] | None = None
+    tokenizer_report: dict[str, Any] | None = None
+    codes: np.ndarray | None = None  # (n_items, levels) semantic ids
+    fusion: FusionView | None = None
+    generator_info: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None  # part -> EvalResult
+    examples: list[Example] = field(default_factory=list)
+    examples_note: str = ""
+
+    @property
+    def paper(self) -> dict[str, float] | None:
+        return PAPER_RESULTS.get(self.config.data.name.lower())
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _generator_info(folder: Path) -> dict[str, Any] | None:
+    # Read the training record without loading the model: causal.json (causal) or generator.json (T5).
+    for name in ("causal.json", "generator.json"):
+        meta = _json(folder / name)
+        if meta is not None:
+            return {"kind": "causal" if name == "causal.json" else "t5", **meta.get("info", {})}
+    return None
+
+
+def _image_root(dataset: InteractionDataset, run_dir: Path) -> Path | None:
+    """Image roots are recorded as configured, usually relative to the directory the run was made in;
+    try that, then the folder holding `runs/`."""
+    root = dataset.image_root
+    if root is None:
+        return None
+    for candidate in (root, run_dir.resolve().parent.parent / root):
+        if candidate.exists():
+            return candidate
+    log.warning("image root %s not found (from %s); the report shows no images", root, Path.cwd())
+    return None
+
+
+def thumbnails(
+    dataset: InteractionDataset, items: list[int], image_root: Path | None, height: int = 120
+) -> dict[int, bytes]:
+    """PNG thumbnails of the items' local images (URL images are not fetched: a report works offline)."""
+    import io
+
+    from PIL import Image
+
+    from cemg.features.image import is_url, load_rgb, read_image_bytes
+
+    refs = dataset.items.image_refs
+    if refs is None or image_root is None:
+        return {}
+    wanted = sorted(set(items))
+    subset = [None] * dataset.n_items
+    for i in wanted:
+        if refs[i] is not None and not is_url(refs[i]):
+            subset[i] = refs[i]
+    out = {}
+    for item, data, _reason in read_image_bytes(subset, image_root):
+        if data is None:
+            continue
+        try:
+            image = load_rgb(data)
+        except Exception as err:  # PIL raises many types for a bad file; the item just shows no image
+            log.info("item %d: image not readable (%s)", item, err)
+            continue
+        image.thumbnail((height * 2, height), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", optimize=True)
+        out[item] = buf.getvalue()
+    return out
+
+
+def _examples(rec: Recommender, run_dir: Path, n_users: int, k: int, history_shown: int) -> list[Example]:
+    dataset = rec.catalogue.dataset
+    split = leave_one_out(dataset, rec.config.data.max_history)
+    test = split.test
+    # Evenly spaced test users rather than the first few: user order follows the input file.
+    rows = np.unique(np.linspace(0, len(test) - 1, num=min(n_users, len(test))).astype(int)) if len(test) else []
+    recs = rec.recommend_batch([test.histories[r] for r in rows], k)
+    wanted = []
+    for r, rows_rec in zip(rows, recs):
+        wanted += [int(i) for i in test.histories[r][-history_shown:]] + [int(test.targets[r])]
+        wanted += [row.item for row in rows_rec]
+    images = thumbnails(dataset, wanted, _image_root(dataset, run_dir))
+    cat = rec.catalogue
+
+    def make(i: int, score: float | None = None, target: int = -1) -> ExampleItem:
+        return ExampleItem(i, cat.key(i), cat.title(i), images.get(i), score, i == target)
+
+    out = []
+    for r, rows_rec in zip(rows, recs):
+        target = int(test.targets[r])
+        out.append(Example(
+            user=dataset.user_keys[int(test.users[r])],
+            history=[make(int(i)) for i in test.histories[r][-history_shown:]],
+            target=make(target, target=target),
+            recommended=[make(row.item, row.score, target) for row in rows_rec],
+        ))
+    return out
+
+
+def collect(run_dir: Path | str, n_examples: int = 3, k: int = 5, history_shown: int = 4,
+            device: str = "cpu") -> RunContent:
+    """Everything the report shows, from the artifacts present in `run_dir`."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    stages = {stage: read_manifest(run_dir / stage) is not None for stage in STAGES}
+    content = RunContent(run_dir, cfg, stages)
+    if stages["data"]:
+        dataset = InteractionDataset.load(run_dir / "data")
+        content.dataset = dataset
+        content.sequence_lengths = np.array([len(s) for s in dataset.sequences])
+        flat = np.concatenate(dataset.sequences) if dataset.sequences else np.zeros(0, np.int64)
+        content.item_counts = np.bincount(flat, minlength=dataset.n_items)
+        table = dataset.items
+        content.modality_counts = {
+            "with_title": sum(1 for i in range(len(table)) if table.title(i) != table.keys[i]),
+            "with_image_ref": 0 if table.image_refs is None else sum(r is not None for r in table.image_refs),
+        }
+    if stages["features"]:
+        info = (_json(run_dir / "features" / "features.json") or {}).get("info", {})
+        for name in ("text", "image"):
+            if "present" in info.get(name, {}):
+                content.modality_counts[f"{name}_encoded"] = int(info[name]["present"])
+    if stages["collab"]:
+        content.collab_info = _json(run_dir / "collab" / "collab.json")
+    if stages["tokenizer"]:
+        from cemg.tokenizer.semantic_ids import SemanticIds
+
+        content.tokenizer_report = _json(run_dir / "tokenizer" / "report.json")
+        content.codes = SemanticIds.load(run_dir / "tokenizer" / "semantic_ids").codes
+        content.fusion = compute_fusion_view(run_dir)
+    if stages["generator"]:
+        content.generator_info = _generator_info(run_dir / "generator")
+    if stages["evaluation"]:
+        content.evaluation = RunEvaluation.load(run_dir / "evaluation").results
+    if stages["generator"] and stages["tokenizer"] and n_examples > 0:
+        content.examples = _examples(Recommender.load(run_dir, device=device), run_dir, n_examples, k, history_shown)
+    else:
+        content.examples_note = "No trained generator in this run: run `cemg run` to the end."
+    return content

@@ -1,0 +1,122 @@
+"""The report's figures: matplotlib (Agg, no display) rendered to PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: a report is written on servers without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cemg.report.content import RunContent  # noqa: E402
+
+BLUE, ORANGE, GREEN, GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def dataset_figure(content: RunContent) -> bytes | None:
+    if content.sequence_lengths is None or content.item_counts is None:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    lengths = content.sequence_lengths
+    left.hist(lengths, bins=min(50, max(5, int(lengths.max() - lengths.min() + 1))), color=BLUE)
+    left.set(title="interactions per user", xlabel="sequence length", ylabel="users")
+    counts = np.sort(content.item_counts)[::-1]
+    right.plot(np.arange(1, len(counts) + 1), counts, color=ORANGE)
+    right.set(title="interactions per item (long tail)", xlabel="item rank by popularity", ylabel="interactions")
+    if counts.max() > 50 * max(counts.min(), 1):
+        right.set_yscale("log")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def training_figure(content: RunContent) -> bytes | None:
+    """One panel per trained stage that recorded a curve: LightGCN, RQ-VAE, generator."""
+    panels = []
+    collab = (content.collab_info or {}).get("curve") or []
+    if collab:
+        panels.append(("LightGCN", collab, "loss", "valid_recall",
+                       f"valid Recall@{(content.collab_info or {}).get('k', 20)}"))
+    tok = ((content.tokenizer_report or {}).get("training") or {}).get("curve") or []
+    if tok:
+        panels.append(("RQ-VAE (fusion + quantiser)", tok, "loss", "recon", "reconstruction MSE"))
+    gen = (content.generator_info or {}).get("history") or []
+    if gen:
+        rows = [dict(r, valid_ndcg10=r["valid"]["NDCG@10"]) if "valid" in r else r for r in gen]
+        panels.append((f"generator ({content.generator_info.get('kind', '')})", rows, "loss",
+                       "valid_ndcg10", "valid NDCG@10"))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), squeeze=False)
+    for ax, (title, rows, left_key, right_key, right_label) in zip(axes[0], panels):
+        epochs = [r["epoch"] for r in rows if left_key in r]
+        marker = "." if len(epochs) < 30 else None
+        ax.plot(epochs, [r[left_key] for r in rows if left_key in r], color=BLUE, marker=marker)
+        ax.set(title=title, xlabel="epoch")
+        ax.set_ylabel("training loss", color=BLUE)
+        points = [(r["epoch"], r[right_key]) for r in rows if right_key in r]
+        if points:
+            twin = ax.twinx()
+            x, y = zip(*points)
+            twin.plot(x, y, color=ORANGE, marker="o", markersize=3)
+            twin.set_ylabel(right_label, color=ORANGE)
+    fig.tight_layout(w_pad=3.0)  # room for each panel's right-hand axis label
+    return _png(fig)
+
+
+def codebook_figure(content: RunContent) -> bytes | None:
+    """Items per code at each level, codes sorted by use: a flat profile is a well-used codebook."""
+    if content.codes is None or content.tokenizer_report is None:
+        return None
+    sizes = content.tokenizer_report["semantic_ids"]["codebook_sizes"]
+    levels = len(content.tokenizer_report["levels"])  # learned levels; a disambiguation level is not plotted
+    fig, axes = plt.subplots(1, levels, figsize=(3.3 * levels, 2.9), squeeze=False, sharey=True)
+    for level, ax in enumerate(axes[0]):
+        counts = np.sort(np.bincount(content.codes[:, level], minlength=sizes[level]))[::-1]
+        used = int((counts > 0).sum())
+        ax.bar(np.arange(len(counts)), counts, width=1.0, color=np.where(counts > 0, BLUE, GREY))
+        ax.set(title=f"level {level + 1}: {used}/{len(counts)} codes used", xlabel="code (sorted by use)")
+        if level == 0:
+            ax.set_ylabel("items")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def fusion_figure(content: RunContent) -> bytes | None:
+    """Histogram of the image and text weights over items that have both modalities (for the others
+    the weight is exactly 0 or 1 by construction)."""
+    fusion = content.fusion
+    if fusion is None:
+        return None
+    both = fusion.has_image & fusion.has_text
+    if not both.any():
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(fusion.alphas[both, 0], bins=bins, alpha=0.65, color=BLUE, label="image weight α_v")
+    ax.hist(fusion.alphas[both, 1], bins=bins, alpha=0.65, color=GREEN, label="text weight α_t")
+    ax.axvline(0.5, color=GREY, linestyle=":", linewidth=1)
+    ax.set(xlabel="fusion weight", ylabel="items", xlim=(0, 1),
+           title=f"collaborative-guided fusion weights ({int(both.sum()):,} items with image and text)")
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def all_figures(content: RunContent) -> dict[str, bytes]:
+    made = {
+        "dataset": dataset_figure(content),
+        "training": training_figure(content),
+        "codebooks": codebook_figure(content),
+        "fusion": fusion_figure(content),
+    }
+    return {name: png for name, png in made.items() if png is not None}

@@ -1,0 +1,382 @@
+"""Turn a run's content into report.md (figures beside it) and report.html (self-contained: the PNGs
+are embedded as data URIs, so the one file can be mailed or attached)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cemg.artifacts import atomic_dir
+from cemg.report.content import Example, ExampleItem, RunContent
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("Overview", "Dataset", "Training curves", "Codebook utilisation", "Fusion attention", "Results",
+            "Example recommendations")
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    name: str  # figures/<name>.png
+    caption: str
+
+
+@dataclass
+class Examples:
+    examples: list[Example]
+
+
+Block = str | Table | Figure | Examples
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block]
+
+    @property
+    def anchor(self) -> str:
+        return self.title.lower().replace(" ", "-")
+
+
+def _f(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}f}"
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+def _overview(c: RunContent) -> Section:
+    cfg = c.config
+    present = [s for s, ok in c.stages.items() if ok]
+    missing = [s for s, ok in c.stages.items() if not ok]
+    rows = [
+        ["run directory", str(c.run_dir)],
+        ["dataset", f"{cfg.data.name} ({cfg.data.format})"],
+        ["stages present", ", ".join(present) or "none"],
+    ]
+    if missing:
+        rows.append(["stages missing", ", ".join(missing)])
+    if c.tokenizer_report:
+        ids = c.tokenizer_report["semantic_ids"]
+        learned = len(c.tokenizer_report["levels"])
+        extra = " + 1 disambiguation level" if ids["levels"] > learned else ""
+        rows.append(["semantic ids", f"{learned} levels x {cfg.tokenizer.codebook_size} codes{extra} "
+                                     f"(modalities: {', '.join(c.tokenizer_report['inputs']['modalities'])})"])
+    if c.generator_info:
+        g = c.generator_info
+        rows.append(["generator", f"{g['kind']} ({g.get('n_parameters', 0):,} parameters, beam {cfg.generator.beams})"])
+    rows.append(["report written", time.strftime("%Y-%m-%d %H:%M")])
+    return Section("Overview", [Table(["", ""], rows)])
+
+
+def _dataset(c: RunContent) -> Section:
+    if c.dataset is None:
+        return Section("Dataset", ["The data stage is missing."])
+    s = c.dataset.stats()
+    rows = [
+        ["users", f"{s['users']:,}"], ["items", f"{s['items']:,}"], ["interactions", f"{s['interactions']:,}"],
+        ["average sequence length", f"{s['avg_length']:.1f}"], ["sparsity", f"{100 * s['sparsity']:.2f}%"],
+    ]
+    names = {"with_title": "items with a title", "with_image_ref": "items with an image reference",
+             "text_encoded": "items with encoded text", "image_encoded": "items with an encoded image"}
+    rows += [[names[k], f"{v:,}"] for k, v in c.modality_counts.items() if k in names]
+    blocks: list[Block] = [
+        f"After {c.config.data.min_core}-core filtering; histories are capped at "
+        f"{c.config.data.max_history} items for training and evaluation.",
+        Table(["", c.dataset.name], rows),
+    ]
+    return Section("Dataset", [*blocks, Figure("dataset", "Sequence lengths and item popularity.")])
+
+
+def _training(c: RunContent) -> Section:
+    blocks: list[Block] = []
+    if c.collab_info:
+        i = c.collab_info
+        blocks.append(f"LightGCN: {i.get('epochs_run', '?')} epochs, best valid Recall@{i.get('k', 20)} "
+                      f"{_f(i.get('best_valid_recall', float('nan')))} at epoch {i.get('best_epoch', '?')} "
+                      f"(popularity {_f(i.get('pop_valid_recall', float('nan')))}).")
+    if c.tokenizer_report:
+        t = c.tokenizer_report["training"]
+        blocks.append(f"Tokenizer (fusion + RQ-VAE): {t['epochs']} epochs, {t['steps']:,} steps, {t['seconds']:.1f} s; "
+                      f"final reconstruction MSE {_f(c.tokenizer_report['reconstruction']['mse'])}.")
+    if c.generator_info:
+        g = c.generator_info
+        blocks.append(f"Generator ({g['kind']}): {g.get('epochs_run', '?')} epochs in {g.get('seconds', 0):.0f} s, "
+                      f"best valid NDCG@10 {_f(g.get('best_valid_ndcg10', float('nan')))} at epoch "
+                      f"{g.get('best_epoch', '?')} (the model kept).")
+    if not blocks:
+        return Section("Training curves", ["No trained stage recorded a curve."])
+    blocks.append(Figure("training", "Training loss (blue, left axis) and the validation measure each stage "
+                                     "selects on (orange, right axis)."))
+    return Section("Training curves", blocks)
+
+
+def _codebooks(c: RunContent) -> Section:
+    r = c.tokenizer_report
+    if r is None:
+        return Section("Codebook utilisation", ["The tokenizer stage is missing."])
+    rows = []
+    for lvl in r["levels"]:
+        rows.append([str(lvl["level"]), f"{lvl['used_codes']}/{c.config.tokenizer.codebook_size}",
+                     f"{100 * lvl['utilisation']:.1f}%", f"{lvl['perplexity']:.1f}",
+                     f"{100 * lvl['prefix_shared_rate']:.1f}%", _f(lvl.get("relative_latent_error", float("nan")), 3)])
+    col = r["collisions"]
+    note = (f"{100 * col['rate_before_fix']:.1f}% of items ({col['colliding_items']:,}) shared all learned codes "
+            f"with another item (largest group {col['max_group_size']}); ")
+    note += ("a last level numbering the items within each group makes every id unique."
+             if col["extra_level"] else "no disambiguation level was needed.")
+    return Section("Codebook utilisation", [
+        Table(["level", "codes used", "utilisation", "perplexity", "items sharing the prefix", "relative latent error"],
+              rows),
+        note,
+        Figure("codebooks", "Items per code at each level, codes sorted by use (grey: unused)."),
+    ])
+
+
+def _fusion(c: RunContent) -> Section:
+    f = c.fusion
+    if f is None:
+        return Section("Fusion attention", ["The fusion weights cannot be rebuilt: the run lacks the tokenizer "
+                                            "model, the features or the collaborative embeddings."])
+    both = f.has_image & f.has_text
+    rows = [
+        ["image and text", f"{int(both.sum()):,}",
+         _f(float(f.alphas[both, 0].mean()), 3) if both.any() else "-",
+         _f(float(f.alphas[both, 1].mean()), 3) if both.any() else "-"],
+        ["image only", f"{int((f.has_image & ~f.has_text).sum()):,}", "1", "0"],
+        ["text only", f"{int((f.has_text & ~f.has_image).sum()):,}", "0", "1"],
+        ["neither", f"{int((~f.has_image & ~f.has_text).sum()):,}", "0", "0"],
+    ]
+    blocks: list[Block] = [
+        "Paper 4.2.2.3: each item's collaborative embedding queries its image and text vectors; the "
+        "softmax weights mix them. A missing modality gets weight exactly 0.",
+        Table(["items with", "items", "mean image weight", "mean text weight"], rows),
+    ]
+    if both.any():
+        q = [float(x) for x in np.percentile(f.alphas[both, 1], [5, 50, 95])]
+        blocks.append(f"Text weight over items with both modalities: 5th percentile {q[0]:.3f}, median {q[1]:.3f}, "
+                      f"95th percentile {q[2]:.3f}.")
+        blocks.append(Figure("fusion", "Histogram of the image and text weights (items with both modalities)."))
+    return Section("Fusion attention", blocks)
+
+
+def _results(c: RunContent) -> Section:
+    if not c.evaluation:
+        return Section("Results", ["The evaluation stage is missing."])
+    names = list(c.evaluation["test"].metrics)
+    rows = []
+    for part, result in c.evaluation.items():
+        rows.append([f"{part}, all users ({result.n_users:,})"] + [_f(result.metrics[m]) for m in names])
+        rows.append([f"{part}, cold start ({result.n_cold:,})"] + [_f(result.cold_start[m]) for m in names])
+    paper = c.paper
+    blocks: list[Block] = [
+        "Full-catalogue ranking, leave-one-out; cold start: targets with at most "
+        f"{c.config.evaluation.cold_start_max_train} training interactions (paper Table 3)."
+        + (" History items are removed from the ranking." if c.config.evaluation.mask_history else ""),
+    ]
+    if paper:
+        rows.append(["paper's CEMG, test (Table 2)"] + [_f(paper[m]) if m in paper else "" for m in names])
+        blocks.append(f"The last row is the paper's result on {c.config.data.name}; empty cells are values our copy "
+                      "of the paper does not keep.")
+    else:
+        blocks.append(f"The paper reports no results on {c.config.data.name!r}, so there is nothing to compare with.")
+    blocks.insert(1, Table(["split", *names], rows))
+    return Section("Results", blocks)
+
+
+def _examples(c: RunContent) -> Section:
+    if not c.examples:
+        return Section("Example recommendations", [c.examples_note or "No examples."])
+    return Section("Example recommendations", [
+        "Test users (evenly spaced through the dataset): their last items, the held-out next item, and the "
+        "generator's top items (scores are log-probabilities; the held-out item is marked).",
+        Examples(c.examples),
+    ])
+
+
+def build_sections(c: RunContent) -> list[Section]:
+    return [_overview(c), _dataset(c), _training(c), _codebooks(c), _fusion(c), _results(c), _examples(c)]
+
+
+# --- markdown -------------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_thumb(item: ExampleItem) -> str:
+    return f"![{_md_cell(item.title)}](images/item-{item.item}.png)" if item.image else ""
+
+
+def to_markdown(title: str, sections: list[Section], figures: dict[str, bytes]) -> str:
+    out = [f"# {title}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, str):
+                out += [block, ""]
+            elif isinstance(block, Table):
+                out.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
+                out.append("|" + "---|" * len(block.header))
+                out += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in block.rows]
+                out.append("")
+            elif isinstance(block, Figure):
+                if block.name in figures:
+                    out += [f"![{block.caption}](figures/{block.name}.png)", "", f"*{block.caption}*", ""]
+            elif isinstance(block, Examples):
+                for ex in block.examples:
+                    out += [f"**user {ex.user}**: last items "
+                            + " | ".join(f"{i.title} (`{i.key}`)" for i in ex.history)
+                            + f"; held out: **{ex.target.title}** (`{ex.target.key}`)", ""]
+                    out += ["| rank | item | title | score | image |", "|---|---|---|---|---|"]
+                    for rank, item in enumerate(ex.recommended, 1):
+                        mark = " **(held out)**" if item.is_target else ""
+                        out.append(f"| {rank} | `{_md_cell(item.key)}` | {_md_cell(item.title)}{mark} | "
+                                   f"{item.score:.2f} | {_md_thumb(item)} |")
+                    out.append("")
+    return "\n".join(out)
+
+
+# --- html -----------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; color: #222; margin: 0; background: #f6f7f9; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { font-size: 1.7em; margin: 0.2em 0 0.1em; }
+h2 { font-size: 1.3em; border-bottom: 2px solid #e3e6ea; padding-bottom: 4px; margin-top: 1.8em; }
+nav { font-size: 0.9em; margin-bottom: 1em; }
+nav a { margin-right: 1em; color: #1f5fa8; text-decoration: none; }
+p { line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #d9dde2; padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: #eef1f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.88em; color: #555; margin-top: 4px; }
+.example { border: 1px solid #e3e6ea; border-radius: 6px; padding: 10px 14px; margin: 14px 0; }
+.example h3 { font-size: 1.0em; margin: 0 0 8px; }
+.strip { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; margin-bottom: 8px; }
+.card { width: 128px; font-size: 0.78em; line-height: 1.25; }
+.card img { display: block; max-width: 128px; max-height: 120px; margin-bottom: 3px; border: 1px solid #ddd; }
+.card .noimg { width: 120px; height: 60px; background: #f0f0f0; color: #999; display: flex;
+               align-items: center; justify-content: center; margin-bottom: 3px; }
+.card.target { outline: 3px solid #2ca02c; outline-offset: 2px; }
+.arrow { font-size: 2em; color: #888; align-self: center; padding: 0 4px; }
+.label { font-size: 0.82em; color: #555; font-weight: bold; margin: 6px 0 4px; }
+.score { color: #777; }
+"""
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _inline_code(escaped: str) -> str:
+    """`x` -> <code>x</code>, so one paragraph text serves both the markdown and the HTML."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", "").rstrip("%"))
+        return True
+    except ValueError:
+        return False
+
+
+def _html_card(item: ExampleItem, rank: int | None = None) -> str:
+    e = html.escape
+    img = (f'<img src="{_data_uri(item.image)}" alt="{e(item.title)}">' if item.image
+           else '<div class="noimg">no image</div>')
+    head = f"{rank}. " if rank is not None else ""
+    score = f'<br><span class="score">log-prob {item.score:.2f}</span>' if item.score is not None else ""
+    cls = "card target" if item.is_target else "card"
+    return f'<div class="{cls}">{img}{head}{e(item.title)} <code>{e(item.key)}</code>{score}</div>'
+
+
+def to_html(title: str, sections: list[Section], figures: dict[str, bytes]) -> str:
+    e = html.escape
+    nav = " ".join(f'<a href="#{s.anchor}">{e(s.title)}</a>' for s in sections)
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{e(title)}</title><style>{_CSS}</style></head><body><main>",
+           f"<h1>{e(title)}</h1>", f"<nav>{nav}</nav>"]
+    for section in sections:
+        out.append(f'<section id="{section.anchor}"><h2>{e(section.title)}</h2>')
+        for block in section.blocks:
+            if isinstance(block, str):
+                out.append(f"<p>{_inline_code(e(block))}</p>")
+            elif isinstance(block, Table):
+                out.append("<table>")
+                if any(block.header):
+                    out.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in block.header) + "</tr>")
+                for row in block.rows:
+                    cells = [f"<th>{e(row[0])}</th>"] + [
+                        f'<td class="num">{e(v)}</td>' if _is_number(v) else f"<td>{e(v)}</td>" for v in row[1:]
+                    ]
+                    out.append("<tr>" + "".join(cells) + "</tr>")
+                out.append("</table>")
+            elif isinstance(block, Figure):
+                if block.name in figures:
+                    out.append(f'<figure><img src="{_data_uri(figures[block.name])}" alt="{e(block.caption)}">'
+                               f"<figcaption>{e(block.caption)}</figcaption></figure>")
+            elif isinstance(block, Examples):
+                for ex in block.examples:
+                    out.append(f'<div class="example"><h3>user {e(ex.user)}</h3>')
+                    out.append('<div class="label">last items (oldest first), then the held-out next item</div>')
+                    out.append('<div class="strip">' + "".join(_html_card(i) for i in ex.history)
+                               + '<div class="arrow">&rarr;</div>' + _html_card(ex.target) + "</div>")
+                    out.append('<div class="label">recommended</div>')
+                    out.append('<div class="strip">' + "".join(_html_card(i, r) for r, i in
+                                                               enumerate(ex.recommended, 1)) + "</div></div>")
+        out.append("</section>")
+    out.append("</main></body></html>")
+    return "\n".join(out)
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    markdown: Path
+    figures: list[Path]
+
+
+def write_files(content: RunContent, figures: dict[str, bytes], out_dir: Path) -> ReportFiles:
+    """Write report.md, report.html, figures/ and images/ into `out_dir`, replacing it whole (no stale
+    thumbnails from an earlier report survive)."""
+    out_dir = Path(out_dir)
+    name, data = content.run_dir.name, content.config.data.name
+    title = f"cemg run report: {name}" + ("" if data == name else f" ({data})")
+    sections = build_sections(content)
+    thumbs = {i.item: i.image for ex in content.examples for i in [*ex.history, ex.target, *ex.recommended] if i.image}
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "figures").mkdir()
+        for fig, png in figures.items():
+            (tmp / "figures" / f"{fig}.png").write_bytes(png)
+        if thumbs:
+            (tmp / "images").mkdir()
+            for item, png in thumbs.items():
+                (tmp / "images" / f"item-{item}.png").write_bytes(png)
+        (tmp / "report.md").write_text(to_markdown(title, sections, figures), encoding="utf-8")
+        (tmp / "report.html").write_text(to_html(title, sections, figures), encoding="utf-8")
+    log.info("report: wrote %s (report.html, report.md, %d figures, %d thumbnails)", out_dir, len(figures), len(thumbs))
+    pngs = [out_dir / "figures" / f"{f}.png" for f in figures]
+    return ReportFiles(out_dir / "report.html", out_dir / "report.md", pngs)
