@@ -207,8 +207,8 @@ def main() -> None:
         print(json.dumps(trials[-1]), flush=True)
 
     result = {
-        "command": "OMP_NUM_THREADS=1 python bench/kill_resume.py " + " ".join(sys.argv[1:]),
-        "cemg_run": " ".join(cemg_command(Path("<run_dir>"), Path("<cache>"))[1:]),
+        "command": " ".join(["OMP_NUM_THREADS=1 python bench/kill_resume.py", *sys.argv[1:]]),
+        "cemg_run": " ".join(["cemg", *cemg_command(Path("<run_dir>"), Path("<cache>"))[1:]]).replace(f"{ROOT}/", ""),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, no GPU",
         "threads": os.environ.get("OMP_NUM_THREADS", "1"),
         "reference_seconds": round(ref_seconds, 1),

@@ -14,11 +14,11 @@ It records throughput, client-side latency percentiles, responses by status (5xx
 separately), transport errors, server and client CPU seconds, and the server's own /metrics.
 
 Modes:
-  plain    `cemg serve RUN_DIR`, as shipped: each request runs its own beam search, one at a time
+  plain    `cemg serve RUN_DIR --no-batching`: each request runs its own beam search, one at a time
            (the Recommender holds a lock around the generator).
-  batched  the same app, its Recommender wrapped in `MicroBatcher` (below): requests that arrive
-           while the generator is busy are scored together in one `recommend_batch` call. This is
-           the change proposed for cemg.serve; the probe histories check it returns the same items.
+  batched  `cemg serve RUN_DIR` with its default micro-batching (cemg.serve.batching.MicroBatcher):
+           requests that arrive while the generator is busy are scored together in one
+           `recommend_batch` call. The probe histories check it returns the same items.
 
 If RUN_DIR has no trained generator, a demo run is built into a temporary folder first (minutes).
 Writes bench/results/load_service.json.
@@ -28,19 +28,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
 import platform
-import queue
 import random
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,78 +45,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from cemg.serve.batching import BatchingConfig
+
 log = logging.getLogger("bench.load_service")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# --- the micro-batching proposal ------------------------------------------------------------------
-
-
-class MicroBatcher:
-    """Recommender stand-in whose recommend() queues the request; one worker thread drains the
-    queue and scores up to `max_batch` waiting histories (same k and exclusion) in one
-    recommend_batch call. Waits at most `max_wait` seconds for company, and only when the queue is
-    not already full: a lone request pays at most that much extra latency.
-
-    Behind FastAPI's sync endpoint a batch holds at most 40 requests: each waits in one thread of
-    anyio's 40-thread pool. An async endpoint awaiting the batch would lift that cap."""
-
-    def __init__(self, recommender, max_batch: int = 64, max_wait: float = 0.002):
-        self._rec = recommender
-        self.max_batch, self.max_wait = max_batch, max_wait
-        self._queue: queue.Queue = queue.Queue()
-        self.batches: Counter[int] = Counter()  # batch size -> how many generator calls had it
-        threading.Thread(target=self._work, daemon=True, name="micro-batcher").start()
-
-    def __getattr__(self, name):  # catalogue, explain, backbone, generator, run_dir, ...
-        return getattr(self._rec, name)
-
-    def recommend(self, history, k: int = 10, exclude_history: bool | None = None):
-        for item in history:  # unknown items fail their own request, not the whole batch
-            self._rec.index(item)
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((list(history), k, exclude_history, future))
-        return future.result()
-
-    def _work(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            groups: dict[tuple, list] = {}
-            for job in batch:
-                groups.setdefault((job[1], job[2]), []).append(job)
-            for (k, exclude), jobs in groups.items():
-                self.batches[len(jobs)] += 1
-                try:
-                    results = self._rec.recommend_batch([job[0] for job in jobs], k, exclude)
-                except Exception as err:  # handed to every waiting request, which re-raises it
-                    for job in jobs:
-                        job[3].set_exception(err)
-                    continue
-                for job, rows in zip(jobs, results):
-                    job[3].set_result(rows)
-
-
-def serve_batched(run_dir: Path, port: int, max_batch: int, max_wait: float) -> None:
-    """The `batched` mode's server process: `cemg serve` with the Recommender wrapped."""
-    import uvicorn
-
-    from cemg.api import Recommender
-    from cemg.serve.app import create_app
-
-    recommender = MicroBatcher(Recommender.load(run_dir, device="cpu"), max_batch, max_wait)
-    app = create_app(recommender)
-
-    @app.get("/batches")
-    def batches() -> dict:
-        return {str(size): n for size, n in sorted(recommender.batches.items())}
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 # --- a run to serve -----------------------------------------------------------------------------
@@ -156,12 +85,12 @@ def free_port() -> int:
 
 def start_server(mode: str, run_dir: Path, port: int, threads: int, args) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TQDM_DISABLE="1")
+    cmd = [sys.executable, "-c", "from cemg.cli import main; main()", "serve", str(run_dir),
+           "--port", str(port), "--device", "cpu", "--quiet"]
     if mode == "plain":
-        cmd = [sys.executable, "-c", "from cemg.cli import main; main()", "serve", str(run_dir),
-               "--port", str(port), "--device", "cpu", "--quiet"]
+        cmd.append("--no-batching")
     else:
-        cmd = [sys.executable, __file__, "--serve-batched", str(run_dir), "--port", str(port),
-               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+        cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     log.info("starting %s server: %s", mode, " ".join(cmd))
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
 
@@ -292,9 +221,10 @@ def run_mode(mode: str, run_dir: Path, keys: list[str], args) -> dict:
             loaded["requests_per_server_cpu_s"] = round(loaded["completed"] / max(loaded["server_cpu_s"], 1e-9), 1)
             log.info("%s at concurrency %d: %s", mode, concurrency, loaded)
             out[f"loaded_c{concurrency}"] = loaded
-        out["server_metrics"] = httpx.get(f"{url}/metrics", timeout=10).json().get("POST /recommend")
-        if mode == "batched":
-            out["batch_sizes"] = httpx.get(f"{url}/batches", timeout=10).json()
+        metrics = httpx.get(f"{url}/metrics", timeout=10).json()
+        out["server_metrics"] = metrics.get("POST /recommend")
+        if "batching" in metrics:
+            out["batching"] = metrics["batching"]
         return out
     finally:
         stop_server(proc)
@@ -311,17 +241,11 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=50, help="requests sent one at a time first")
     parser.add_argument("--modes", default="plain,batched")
     parser.add_argument("--server-threads", type=int, default=1, help="torch/OpenMP threads of the server")
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--max-batch", type=int, default=BatchingConfig.max_batch)
+    parser.add_argument("--max-wait-ms", type=float, default=BatchingConfig.max_wait_ms)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load_service.json")
-    parser.add_argument("--serve-batched", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_batched is not None:
-        serve_batched(args.serve_batched, args.port, args.max_batch, args.max_wait_ms / 1000.0)
-        return
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     run_dir = finished_run(args.run_dir)

@@ -76,7 +76,7 @@ from cemg.generator.causal import (  # noqa: E402
 )
 from cemg.generator.decoding import PrefixTree  # noqa: E402
 from cemg.generator.model import GenerativeRecommender  # noqa: E402
-from cemg.generator.train import NextItemExamples, _subsample_valid, length_bucketed_batches  # noqa: E402
+from cemg.generator.train import NextItemExamples, length_bucketed_batches  # noqa: E402
 from cemg.tokenizer.build import make_unique  # noqa: E402
 from cemg.tokenizer.semantic_ids import SemanticIds  # noqa: E402
 
@@ -246,7 +246,7 @@ def run_variant(name: str, opts: dict) -> dict:
     ids = SemanticIds.load(opts["ids"])
     if ids.n_items != split.n_items:
         raise SystemExit(f"{opts['ids']}: semantic ids cover {ids.n_items} items, the dataset {split.n_items}")
-    valid = _subsample_valid(split, opts["eval_users"], cfg.seed)
+    valid = split.with_valid_subsample(opts["eval_users"], cfg.seed)
     setup_rss = peak_rss_mib()
     make = t5_trainee if cfg.generator.backbone != "causal" else causal_trainee
     trainee = make(split, ids, cfg.generator, cfg.seed)

@@ -367,6 +367,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    batching: bool = typer.Option(True, "--batching/--no-batching",
+                                  help="Score concurrent /recommend requests together in one generator call."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most requests in one generator call."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, max=1000.0,
+                                      help="How long a lone request waits for others to batch with (ms)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Serve the run's generator over HTTP: POST /recommend, GET /items/{id}, /health, /metrics, /docs."""
@@ -374,11 +379,15 @@ def serve(
 
     from cemg.api import Recommender
     from cemg.serve.app import create_app
+    from cemg.serve.batching import BatchingConfig
 
     _config(None, None, quiet)
+    batching_cfg = BatchingConfig(batching, max_batch, max_wait_ms)
     recommender = Recommender.load(run_dir, device=device)
-    print(f"serving {run_dir} ({recommender.n_items:,} items) on http://{host}:{port}  (OpenAPI: /docs)")
-    uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning" if quiet else "info")
+    how = f"batches of up to {max_batch}, {max_wait_ms:g} ms wait" if batching else "no batching"
+    print(f"serving {run_dir} ({recommender.n_items:,} items) on http://{host}:{port}  ({how}; OpenAPI: /docs)")
+    uvicorn.run(create_app(recommender, batching_cfg), host=host, port=port,
+                log_level="warning" if quiet else "info")
 
 
 @app.command("report")

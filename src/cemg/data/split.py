@@ -7,6 +7,7 @@ last `max_history` items.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,15 @@ class SplitDataset:
         """Training interactions per item (the cold-start report and popularity use these)."""
         flat = np.concatenate(self.train) if self.train else np.zeros(0, np.int64)
         return np.bincount(flat, minlength=self.n_items)
+
+    def with_valid_subsample(self, n: int | None, seed: int) -> SplitDataset:
+        """The same split with `n` validation users drawn at random (all when n is None or larger):
+        early stopping then costs a fixed number of beam searches whatever the dataset's size."""
+        if n is None or n >= len(self.valid):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.valid), size=n, replace=False))
+        sub = EvalExamples(self.valid.users[keep], [self.valid.histories[i] for i in keep], self.valid.targets[keep])
+        return dataclasses.replace(self, valid=sub)
 
     def part(self, name: str) -> EvalExamples:
         if name not in ("valid", "test"):

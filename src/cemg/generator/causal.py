@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -38,9 +36,10 @@ from cemg import distributed
 from cemg.artifacts import atomic_dir
 from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import EvalConfig, GeneratorConfig, resolve_device
-from cemg.data.split import EvalExamples, SplitDataset
+from cemg.data.split import SplitDataset
 from cemg.evaluation.protocol import evaluate
-from cemg.generator.decoding import Exclusion, PrefixTree
+from cemg.generator.decoding import Exclusion, PrefixTree, search_in_batches
+from cemg.generator.model import load_generator_meta, save_generator_meta
 from cemg.tokenizer.semantic_ids import SemanticIds
 
 log = logging.getLogger(__name__)
@@ -283,10 +282,6 @@ def left_padded(histories: Sequence[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def codes_digest(semantic_ids: SemanticIds) -> str:
-    return hashlib.sha256(np.ascontiguousarray(semantic_ids.codes, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
 class CausalGenerativeRecommender:
     """The Recommender protocol over a trained `CausalSemanticModel`. Saved as one folder:
     `backbone/` (save_pretrained, safetensors), `heads.safetensors` (embeddings and level heads),
@@ -335,22 +330,13 @@ class CausalGenerativeRecommender:
         if exclude is not None and len(exclude) != len(histories):
             raise ValueError(f"exclude has {len(exclude)} rows for {len(histories)} histories")
         beams = max(self.config.beams, k)
-        was_training = self.model.training
-        self.model.eval()
-        items, scores = [], []
-        step = max(1, self.config.eval_batch_size)
-        try:
-            for lo in range(0, len(histories), step):
-                hidden = self.last_states(histories[lo : lo + step])
-                excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo : lo + step], self.device)
-                top, score = causal_beam_search(self.model, self.tree, hidden, beams, excl)
-                items.append(top[:, :k].cpu().numpy())
-                scores.append(score[:, :k].cpu().numpy().astype(np.float32))
-        finally:
-            self.model.train(was_training)
-        if not items:
-            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        return np.concatenate(items), np.concatenate(scores)
+
+        def search(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.last_states(histories[lo:hi])
+            excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo:hi], self.device)
+            return causal_beam_search(self.model, self.tree, hidden, beams, excl)
+
+        return search_in_batches(self.model, len(histories), k, self.config.eval_batch_size, search)
 
     def recommend(
         self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
@@ -364,32 +350,20 @@ class CausalGenerativeRecommender:
         heads = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
                  if not k.startswith("backbone.")}
         save_file(heads, folder / HEADS_FILE)
-        self.semantic_ids.save(folder / "semantic_ids")
-        meta = {
-            "spec": dataclasses.asdict(self.model.spec),
-            "semantic_ids_digest": codes_digest(self.semantic_ids),
-            "config": self.config.model_dump(mode="json"),
-            "info": self.info,
-        }
-        (folder / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        save_generator_meta(folder, META, self.semantic_ids, self.config, self.info,
+                            spec=dataclasses.asdict(self.model.spec))
 
     @classmethod
     def load(cls, folder: Path, device: str = "auto") -> CausalGenerativeRecommender:
         folder = Path(folder)
-        meta_path = folder / META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not a saved causal generator (no {META})")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        semantic_ids = SemanticIds.load(folder / "semantic_ids")
-        if codes_digest(semantic_ids) != meta["semantic_ids_digest"]:
-            raise ValueError(f"{folder / 'semantic_ids'}: codes differ from those the generator was trained on")
+        meta, semantic_ids, config = load_generator_meta(folder, META)
         spec = CausalSpec(**{**meta["spec"], "codebook_sizes": tuple(meta["spec"]["codebook_sizes"])})
         model = CausalSemanticModel(spec, semantic_ids.codes, AutoModel.from_pretrained(folder / "backbone"))
         missing, unexpected = model.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"{folder / HEADS_FILE}: missing {missing}, unexpected {unexpected}")
-        return cls(model, semantic_ids, GeneratorConfig.model_validate(meta["config"]), device, meta.get("info"))
+        return cls(model, semantic_ids, config, device, meta.get("info"))
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -414,14 +388,6 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int, rng: np.random.G
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
-
-def _subsample_valid(split: SplitDataset, n: int | None, seed: int) -> SplitDataset:
-    valid = split.valid
-    if n is None or n >= len(valid):
-        return split
-    keep = np.sort(np.random.default_rng(seed).choice(len(valid), size=n, replace=False))
-    sub = EvalExamples(valid.users[keep], [valid.histories[i] for i in keep], valid.targets[keep])
-    return dataclasses.replace(split, valid=sub)
 
 
 class _WindowLoss(nn.Module):
@@ -474,7 +440,7 @@ def train_causal_generator(
     model = rec.model
     eval_cfg = eval_cfg or EvalConfig()
     eval_cfg = eval_cfg.model_copy(update={"ks": sorted(set(eval_cfg.ks) | {10})})
-    valid_split = _subsample_valid(split, cfg.valid_users, seed)
+    valid_split = split.with_valid_subsample(cfg.valid_users, seed)
 
     inputs, targets = training_windows(split.train, split.max_history)
     if len(inputs) == 0:

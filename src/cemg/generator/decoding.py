@@ -10,7 +10,7 @@ is what this avoids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +87,31 @@ class PrefixTree:
         table[row_of, self.child_code[depth + 1][child]] = child
         return table
 
+
+
+def search_in_batches(
+    module: torch.nn.Module,
+    n_rows: int,
+    k: int,
+    batch_size: int,
+    search: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `search(lo, hi)` (rows lo..hi -> (items, scores) tensors, best first) over row batches
+    with `module` in eval mode (restored after); keep the first k columns as numpy arrays."""
+    was_training = module.training
+    module.eval()
+    items, scores = [], []
+    step = max(1, batch_size)
+    try:
+        for lo in range(0, n_rows, step):
+            top, score = search(lo, min(lo + step, n_rows))
+            items.append(top[:, :k].cpu().numpy())
+            scores.append(score[:, :k].cpu().numpy().astype(np.float32))
+    finally:
+        module.train(was_training)
+    if not items:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate(items), np.concatenate(scores)
 
 @dataclass(frozen=True)
 class Exclusion:

@@ -19,7 +19,7 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from cemg.config import GeneratorConfig, resolve_device
-from cemg.generator.decoding import Exclusion, PrefixTree, constrained_beam_search
+from cemg.generator.decoding import Exclusion, PrefixTree, constrained_beam_search, search_in_batches
 from cemg.generator.vocab import SemanticVocabulary
 from cemg.tokenizer.semantic_ids import SemanticIds
 
@@ -31,6 +31,27 @@ META = "generator.json"
 def codes_digest(semantic_ids: SemanticIds) -> str:
     """Identifies the semantic ids a generator was trained on (a model is useless with other ids)."""
     return hashlib.sha256(np.ascontiguousarray(semantic_ids.codes, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def save_generator_meta(folder: Path, meta_file: str, semantic_ids: SemanticIds, config: GeneratorConfig,
+                        info: dict, **architecture) -> None:
+    """The parts every saved generator shares: its semantic ids, their digest, config and record."""
+    semantic_ids.save(folder / "semantic_ids")
+    meta = {**architecture, "semantic_ids_digest": codes_digest(semantic_ids),
+            "config": config.model_dump(mode="json"), "info": info}
+    (folder / meta_file).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+
+def load_generator_meta(folder: Path, meta_file: str) -> tuple[dict, SemanticIds, GeneratorConfig]:
+    """(meta, semantic ids, config) of a saved generator; refuses ids that are not the trained ones."""
+    meta_path = folder / meta_file
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not a saved generator (no {meta_file})")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    semantic_ids = SemanticIds.load(folder / "semantic_ids")
+    if codes_digest(semantic_ids) != meta["semantic_ids_digest"]:
+        raise ValueError(f"{folder / 'semantic_ids'}: codes differ from those the generator was trained on")
+    return meta, semantic_ids, GeneratorConfig.model_validate(meta["config"])
 
 
 class GenerativeRecommender:
@@ -78,24 +99,14 @@ class GenerativeRecommender:
         if exclude is not None and len(exclude) != len(histories):
             raise ValueError(f"exclude has {len(exclude)} rows for {len(histories)} histories")
         beams = max(self.config.beams, k)
-        was_training = self.model.training
-        self.model.eval()
-        items, scores = [], []
-        step = max(1, self.config.eval_batch_size)
-        try:
-            for lo in range(0, len(histories), step):
-                ids, mask = self.encode(histories[lo : lo + step])
-                excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo : lo + step], self.device)
-                top, score = constrained_beam_search(
-                    self.model, self.vocab, self.tree, ids, mask, beams, excl, self.config.decoding
-                )
-                items.append(top[:, :k].cpu().numpy())
-                scores.append(score[:, :k].cpu().numpy().astype(np.float32))
-        finally:
-            self.model.train(was_training)
-        if not items:
-            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        return np.concatenate(items), np.concatenate(scores)
+
+        def search(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+            ids, mask = self.encode(histories[lo:hi])
+            excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo:hi], self.device)
+            return constrained_beam_search(self.model, self.vocab, self.tree, ids, mask, beams, excl,
+                                           self.config.decoding)
+
+        return search_in_batches(self.model, len(histories), k, self.config.eval_batch_size, search)
 
     def recommend(
         self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
@@ -106,28 +117,15 @@ class GenerativeRecommender:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder / "model", safe_serialization=True)
-        self.semantic_ids.save(folder / "semantic_ids")
-        meta = {
-            "vocab": self.vocab.to_dict(),
-            "max_history": self.max_history,
-            "semantic_ids_digest": codes_digest(self.semantic_ids),
-            "config": self.config.model_dump(mode="json"),
-            "info": self.info,
-        }
-        (folder / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        save_generator_meta(folder, META, self.semantic_ids, self.config, self.info,
+                            vocab=self.vocab.to_dict(), max_history=self.max_history)
 
     @classmethod
     def load(cls, folder: Path, device: str = "auto") -> GenerativeRecommender:
         folder = Path(folder)
-        meta_path = folder / META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not a saved generator (no {META})")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        semantic_ids = SemanticIds.load(folder / "semantic_ids")
-        if codes_digest(semantic_ids) != meta["semantic_ids_digest"]:
-            raise ValueError(f"{folder / 'semantic_ids'}: codes differ from those the generator was trained on")
+        meta, semantic_ids, config = load_generator_meta(folder, META)
         model = T5ForConditionalGeneration.from_pretrained(folder / "model")
         return cls(
             model, SemanticVocabulary.from_dict(meta["vocab"]), semantic_ids,
-            GeneratorConfig.model_validate(meta["config"]), int(meta["max_history"]), device, meta.get("info"),
+            config, int(meta["max_history"]), device, meta.get("info"),
         )

@@ -23,7 +23,7 @@ from cemg import distributed
 from cemg.artifacts import atomic_dir
 from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import EvalConfig, GeneratorConfig, resolve_device
-from cemg.data.split import EvalExamples, SplitDataset
+from cemg.data.split import SplitDataset
 from cemg.evaluation.protocol import evaluate
 from cemg.generator.backbone import build_backbone
 from cemg.generator.model import GenerativeRecommender
@@ -88,14 +88,6 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _subsample_valid(split: SplitDataset, n: int | None, seed: int) -> SplitDataset:
-    valid = split.valid
-    if n is None or n >= len(valid):
-        return split
-    keep = np.sort(np.random.default_rng(seed).choice(len(valid), size=n, replace=False))
-    sub = EvalExamples(valid.users[keep], [valid.histories[i] for i in keep], valid.targets[keep])
-    return dataclasses.replace(split, valid=sub)
-
 
 def train_generator(
     split: SplitDataset,
@@ -127,7 +119,7 @@ def train_generator(
     model = rec.model
     eval_cfg = eval_cfg or EvalConfig()
     eval_cfg = eval_cfg.model_copy(update={"ks": sorted(set(eval_cfg.ks) | {10})})
-    valid_split = _subsample_valid(split, cfg.valid_users, seed)
+    valid_split = split.with_valid_subsample(cfg.valid_users, seed)
 
     examples = NextItemExamples.from_sequences(split.train, split.max_history)
     if len(examples) == 0:

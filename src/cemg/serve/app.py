@@ -4,11 +4,15 @@
     GET  /items/{id}     an item's metadata, semantic id, fusion weights and code-prefix neighbours
                          (id is the raw item key; `?by=index` reads it as an item index)
     GET  /health         liveness and what is loaded
-    GET  /metrics        request counts, status codes and latency percentiles per endpoint
+    GET  /metrics        request counts, status codes and latency percentiles per endpoint, and the
+                         micro-batcher's batch sizes
     GET  /docs, /openapi.json   FastAPI's OpenAPI description
 
 History items are JSON integers (item indices) or strings (raw item keys), never coerced into each
 other: on ML-100K the key "5" and the index 5 are different movies.
+
+Concurrent /recommend requests are scored together in one generator call (cemg.serve.batching);
+`create_app(rec, BatchingConfig(enabled=False))` scores each on its own.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 import cemg
 from cemg.api import Recommender, UnknownItem
+from cemg.serve.batching import BatchingConfig, MicroBatcher
 
 ItemIndex = Annotated[StrictInt, Field(ge=0)]
 ItemKey = Annotated[StrictStr, Field(min_length=1, max_length=256)]
@@ -172,12 +179,22 @@ def _unknown(err: UnknownItem, loc: list, status: int) -> JSONResponse:
     return SafeJSONResponse({"detail": detail}, status_code=status)
 
 
-def create_app(recommender: Recommender) -> FastAPI:
-    """A FastAPI app serving `recommender`; run it with uvicorn (see `cemg serve`)."""
+def create_app(recommender: Recommender, batching: BatchingConfig = BatchingConfig()) -> FastAPI:
+    """A FastAPI app serving `recommender`; run it with uvicorn (see `cemg serve`). With
+    `batching.enabled` (the default), concurrent /recommend requests share generator calls."""
+    batcher = MicroBatcher(recommender, batching.max_batch, batching.max_wait_ms) if batching.enabled else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if batcher is not None:  # answers what is queued, then stops the worker thread
+            await run_in_threadpool(batcher.close)
+
     app = FastAPI(
         title="cemg recommender",
         version=cemg.__version__,
         description="Next-item recommendations from a trained CEMG run (semantic ids + generator).",
+        lifespan=lifespan,
     )
     metrics = RequestMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -190,9 +207,15 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     @app.post("/recommend", response_model=RecommendResponse,
               responses={422: {"description": "invalid body, or an unknown item (the message names it)"}})
-    def recommend(request: RecommendRequest):
+    async def recommend(request: RecommendRequest):
+        # async so that a batch can hold more requests than a thread pool has threads; the beam
+        # search itself runs in the batcher's worker thread (or the pool), never on the event loop.
         try:
-            rows = recommender.recommend(request.history, request.k, request.exclude_history)
+            if batcher is not None:
+                rows = await batcher.recommend(request.history, request.k, request.exclude_history)
+            else:
+                rows = await run_in_threadpool(recommender.recommend, request.history, request.k,
+                                               request.exclude_history)
         except UnknownItem as err:
             position = next(i for i, item in enumerate(request.history) if item == err.item)
             return _unknown(err, ["body", "history", position], 422)
@@ -240,10 +263,15 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     @app.get("/metrics")
     def metrics_endpoint() -> dict:
-        """Per endpoint (`METHOD /route`): request count, responses by status, latency percentiles (ms)."""
-        return metrics.snapshot()
+        """Per endpoint (`METHOD /route`): request count, responses by status, latency percentiles (ms);
+        under "batching", the micro-batcher's generator calls and how many had each batch size."""
+        out = metrics.snapshot()
+        if batcher is not None:
+            out["batching"] = batcher.stats()
+        return out
 
     app.state.metrics = metrics
+    app.state.batcher = batcher
     app.state.recommender = recommender
     return app
 
