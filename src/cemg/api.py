@@ -278,13 +278,9 @@ def load_generator(run_dir: Path, cfg: CEMGConfig, device: str = "auto"):
     folder = Path(run_dir) / "generator"
     if read_manifest(folder) is None:
         raise FileNotFoundError(f"{folder}: no trained generator in this run; run `cemg run` to the end first")
-    if cfg.generator.backbone == "causal":
-        from cemg.generator.causal import CausalGenerativeRecommender
+    from cemg.generator import load_generator as load_saved_generator
 
-        return CausalGenerativeRecommender.load(folder, device=device)
-    from cemg.generator import GenerativeRecommender
-
-    return GenerativeRecommender.load(folder, device=device)
+    return load_saved_generator(folder, cfg.generator.backbone, device)
 
 
 class Recommender:

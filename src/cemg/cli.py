@@ -370,8 +370,9 @@ def serve(
     batching: bool = typer.Option(True, "--batching/--no-batching",
                                   help="Score concurrent /recommend requests together in one generator call."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most requests in one generator call."),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, max=1000.0,
-                                      help="How long a lone request waits for others to batch with (ms)."),
+    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", min=0.0, max=1000.0,
+                                      help="How long a request that finds the generator idle waits for "
+                                           "others (ms); 0: batch only what queues while it is busy."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Serve the run's generator over HTTP: POST /recommend, GET /items/{id}, /health, /metrics, /docs."""

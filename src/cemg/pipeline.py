@@ -193,11 +193,13 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
     if last <= STAGES.index("tokenizer"):
         return result
 
+    from cemg.generator import load_generator
+
     h_gen = fingerprint("generator", h_tok, h_data, dump(cfg.generator), cfg.data.max_history, cfg.seed)
     generator = _stage(
         result, "generator", h_gen,
         lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device, checkpoint("generator", h_gen)),
-        lambda folder: _load_generator(cfg, folder, device), dump(cfg.generator),
+        lambda folder: load_generator(folder, cfg.generator.backbone, device), dump(cfg.generator),
         "generator" in force, parallel=True,
     )
     if last <= STAGES.index("generator"):
@@ -224,13 +226,3 @@ def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str, checkpoi
 
     return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
                            checkpoint=checkpoint)[0]
-
-
-def _load_generator(cfg: CEMGConfig, folder: Path, device: str):
-    if cfg.generator.backbone == "causal":
-        from cemg.generator.causal import CausalGenerativeRecommender
-
-        return CausalGenerativeRecommender.load(folder, device=device)
-    from cemg.generator import GenerativeRecommender
-
-    return GenerativeRecommender.load(folder, device=device)

@@ -105,7 +105,7 @@ def test_metrics_report_batch_sizes_only_when_batching(rec):
         assert client.post("/recommend", json={"history": [0, 1], "k": 2}).status_code == 200
         batching = client.get("/metrics").json()["batching"]
     assert batching["requests"] == 1 and batching["batch_sizes"] == {"1": 1}
-    assert batching["max_batch"] == 64 and batching["max_wait_ms"] == 2.0
+    assert batching["max_batch"] == BatchingConfig.max_batch and batching["max_wait_ms"] == BatchingConfig.max_wait_ms
     with TestClient(create_app(rec, BatchingConfig(enabled=False))) as client:
         assert client.post("/recommend", json={"history": [0, 1], "k": 2}).status_code == 200
         assert "batching" not in client.get("/metrics").json()

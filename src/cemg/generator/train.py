@@ -111,6 +111,9 @@ def train_generator(
         raise ValueError(
             f"semantic ids cover {semantic_ids.n_items} items but the dataset has {split.n_items}"
         )
+    if cfg.backbone == "causal":
+        raise ValueError("generator.backbone 'causal' is trained by cemg.generator.causal.train_causal_generator; "
+                         "train_generator is the T5 path (backbone t5-tiny, t5-mini, or a T5 name/path)")
     device = distributed.setup(resolve_device(device))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ One beam search over many histories costs little more CPU than over one (the mod
 products just get taller), so under concurrent load a batch of requests is far cheaper than the
 same requests one by one: bench/load_service.py measured 1.6-3.6x less server CPU per request on
 the demo run (docs/reliability.md, "Load"), with the same items returned. A lone request waits at
-most `max_wait_ms` for company.
+most `max_wait_ms` for company (default 0: batches form from what queues while a batch runs).
 
 Written here rather than taken from a serving framework (Ray Serve, Triton, TorchServe all batch):
 each is a server of its own to deploy, while this is a queue and one thread inside the FastAPI app.
@@ -35,12 +35,14 @@ class BatchingConfig:
     """How `cemg serve` batches requests (`--no-batching`, `--max-batch`, `--max-wait-ms`)."""
 
     enabled: bool = True
-    # Histories scored in one generator call at most. Measured on the demo run (bench/load_service.py):
-    # batches of up to 40 cut CPU per request 1.6-3.6x; 64 keeps one call well under a second there.
+    # Histories scored in one generator call at most; on the demo run a call of 64 takes well under
+    # a second on one CPU thread (bench/load_service.py, docs/reliability.md "Load").
     max_batch: int = 64
-    # How long a request that finds the generator idle waits for others to join it: the most extra
-    # latency batching adds (a request that arrives while a batch runs waits for that batch anyway).
-    max_wait_ms: float = 2.0
+    # How long a request that finds the generator idle waits for others to join it. 0: no waiting;
+    # batches still form from the requests that queue while the generator is busy, which is where
+    # the savings come from. On the 2-core demo bench a 2 ms wait saved no more CPU under load, and
+    # a lone request paid ~5 ms for it (a sleeping thread waits to be rescheduled on a busy machine).
+    max_wait_ms: float = 0.0
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -66,7 +68,8 @@ class MicroBatcher:
     sync endpoint it was: anyio's 40 threads, measured in docs/reliability.md).
     """
 
-    def __init__(self, recommender: Recommender, max_batch: int = 64, max_wait_ms: float = 2.0):
+    def __init__(self, recommender: Recommender, max_batch: int = BatchingConfig.max_batch,
+                 max_wait_ms: float = BatchingConfig.max_wait_ms):
         BatchingConfig(True, max_batch, max_wait_ms)  # validates
         self.recommender = recommender
         self.max_batch = max_batch
