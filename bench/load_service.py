@@ -5,7 +5,7 @@ Run from the repository root:
     python bench/load_service.py                   # runs/demo; 1,000 requests 1,000 at once, then 64 at a time
     python bench/load_service.py --concurrency 64 --duration 30 --modes plain
 
-For each mode the script starts a uvicorn server on a free loopback port, waits for /health, sends
+For the plain and batched modes the script starts a uvicorn server on a free loopback port, waits for /health, sends
 a fixed set of probe histories (also the warm-up) and `--sequential` requests one at a time,
 then, for each `--concurrency` value, fires up to `--requests` POST /recommend requests with at
 most that many in flight, stopping new ones after `--duration` seconds. In plain mode the same
@@ -19,6 +19,9 @@ Modes:
   batched  `cemg serve RUN_DIR` with its default micro-batching (cemg.serve.batching.MicroBatcher):
            requests that arrive while the generator is busy are scored together in one
            `recommend_batch` call. The probe histories check it returns the same items.
+  lone     no server: what the batcher adds to a lone request, in this process (1 torch thread).
+           `--lone` histories, each sent through Recommender.recommend directly and through
+           MicroBatcher with each `--lone-waits` value, in shuffled order per history.
 
 If RUN_DIR has no trained generator, a demo run is built into a temporary folder first (minutes).
 Writes bench/results/load_service.json.
@@ -45,7 +48,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from cemg.serve.batching import BatchingConfig
+from cemg.serve.batching import BatchingConfig, MicroBatcher
 
 log = logging.getLogger("bench.load_service")
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +199,40 @@ def probe(url: str, bodies: list[dict]) -> list[list[int]]:
         return [[row["item"] for row in client.post("/recommend", json=b).json()["items"]] for b in bodies]
 
 
+def lone_latency(run_dir: Path, n: int, waits_ms: list[float], seed: int = 0) -> dict:
+    import torch
+
+    from cemg.api import Recommender
+
+    torch.set_num_threads(1)
+    rec = Recommender.load(run_dir, device="cpu")
+    rng = random.Random(seed)
+    histories = [[rng.randrange(rec.n_items) for _ in range(rng.randint(1, 20))] for _ in range(n)]
+    batchers = {f"batcher_wait_{w:g}ms": MicroBatcher(rec, max_wait_ms=w) for w in waits_ms}
+    ways = {"direct": lambda h: rec.recommend(h, 10),
+            **{name: lambda h, b=b: b.submit(h, 10).result() for name, b in batchers.items()}}
+    ms: dict[str, list[float]] = {name: [] for name in ways}
+    warmup = min(20, n // 5)
+    for i, history in enumerate(histories):
+        names = list(ways)
+        rng.shuffle(names)  # no way always runs first, or always right after another
+        for name in names:
+            t0 = time.perf_counter()
+            ways[name](history)
+            if i >= warmup:
+                ms[name].append((time.perf_counter() - t0) * 1000.0)
+    for batcher in batchers.values():
+        batcher.close()
+    return {"histories": n, "warmup": warmup, "k": 10, "latency_ms": {
+        name: {q: round(float(np.percentile(v, p)), 1) for q, p in (("p10", 10), ("p50", 50), ("p90", 90))}
+        | {"mean": round(float(np.mean(v)), 1)} for name, v in ms.items()}}
+
+
 def run_mode(mode: str, run_dir: Path, keys: list[str], args) -> dict:
+    if mode == "lone":
+        out = lone_latency(run_dir, args.lone, args.lone_waits)
+        log.info("lone requests: %s", out)
+        return out
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(mode, run_dir, port, args.server_threads, args)
@@ -239,7 +275,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=120.0, help="no request starts after this many seconds")
     parser.add_argument("--timeout", type=float, default=300.0, help="per-request client timeout, s")
     parser.add_argument("--sequential", type=int, default=50, help="requests sent one at a time first")
-    parser.add_argument("--modes", default="plain,batched")
+    parser.add_argument("--modes", default="plain,batched,lone")
+    parser.add_argument("--lone", type=int, default=300, help="histories in the lone mode")
+    parser.add_argument("--lone-waits", type=lambda s: [float(w) for w in s.split(",")], default=[0.0, 2.0],
+                        help="MicroBatcher max_wait_ms values the lone mode compares")
     parser.add_argument("--server-threads", type=int, default=1, help="torch/OpenMP threads of the server")
     parser.add_argument("--max-batch", type=int, default=BatchingConfig.max_batch)
     parser.add_argument("--max-wait-ms", type=float, default=BatchingConfig.max_wait_ms)
@@ -273,6 +312,9 @@ def main() -> None:
     tmp.replace(args.out)
     log.info("wrote %s", args.out)
     for mode in args.modes.split(","):
+        if mode == "lone":
+            print(f"lone     {results[mode]['latency_ms']}")
+            continue
         for concurrency in args.concurrency:
             r = results[mode][f"loaded_c{concurrency}"]
             print(f"{mode:8s} c={concurrency:<5d} {r['completed']}/{r['requests']} ok in {r['wall_s']} s: "

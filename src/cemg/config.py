@@ -167,6 +167,9 @@ class GeneratorConfig(_Section):
     # beam search), so the loss is -log p(item) under the constrained distribution decoding uses.
     # Beauty, valid NDCG@10 at epoch 10: 0.0509 with it vs 0.0432 without (k-means ids; docs/results.md).
     causal_trie_softmax: bool = True
+    # Per prefix-tree node output vectors added to the code logits (levels >= 1), so the deep levels
+    # can tell apart the items that share a code under different prefixes.
+    causal_node_emb: bool = False
     causal_lr: float = 2e-3  # AdamW peak; the schedule decays linearly to 0 over causal_epochs
     causal_epochs: int = 60  # one window per user makes an epoch ~90 steps on Beauty
 

@@ -65,11 +65,16 @@ def test_length_sorted_batches_partition_and_cut_padding():
 
 
 @pytest.mark.parametrize(
-    "spec", [{}, {"tie_codes": False, "use_item_id": True}, {"backbone": "llama"}, {"trie_softmax": True}]
+    "spec",
+    [{}, {"tie_codes": False, "use_item_id": True}, {"backbone": "llama"}, {"trie_softmax": True},
+     {"trie_softmax": True, "node_emb": True}, {"node_emb": True}],
 )
 def test_wide_beam_equals_exact_scoring_of_every_item(spec):
     ids = toy_ids(n_items=30, sizes=[4, 4, 3])
     rec = untrained(ids, **spec)
+    if rec.model.node_emb is not None:  # zero at start: give the node vectors a say
+        for table in rec.model.node_emb:
+            torch.nn.init.normal_(table.weight, std=0.5)
     histories = random_histories(6, ids.n_items)
     items, scores = rec.recommend_with_scores(histories, k=ids.n_items)
     states = rec.last_states(histories)

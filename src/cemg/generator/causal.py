@@ -64,13 +64,14 @@ class CausalSpec:
     use_item_id: bool = False
     tie_codes: bool = True
     trie_softmax: bool = False
+    node_emb: bool = False
 
     @classmethod
     def from_config(cls, cfg: GeneratorConfig, semantic_ids: SemanticIds, max_history: int) -> CausalSpec:
         return cls(
             tuple(semantic_ids.codebook_sizes), semantic_ids.n_items, max_history, cfg.causal_hidden,
             cfg.causal_layers, cfg.causal_heads, cfg.causal_dropout, cfg.causal_backbone,
-            cfg.causal_use_item_id, cfg.causal_tie_codes, cfg.causal_trie_softmax,
+            cfg.causal_use_item_id, cfg.causal_tie_codes, cfg.causal_trie_softmax, cfg.causal_node_emb,
         )
 
 
@@ -127,6 +128,15 @@ class CausalSemanticModel(nn.Module):
             self.level_bias = nn.ParameterList(nn.Parameter(torch.zeros(k)) for k in sizes)
         else:
             self.level_out = nn.ModuleList(nn.Linear(d, k) for k in sizes)
+        # Output vectors per prefix-tree node below the root's children: a level-l code means a
+        # different item group under every prefix, and 256 shared code vectors cannot tell ~12k
+        # items apart; a node's own vector adds u . O[node] to its code's logit (zero at start).
+        self.node_emb = None
+        if spec.node_emb:
+            n_nodes = PrefixTree(codes, sizes).n_nodes  # depth l+1 nodes are level l's choices
+            self.node_emb = nn.ModuleList(nn.Embedding(n_nodes[level + 1], d) for level in range(1, len(sizes)))
+            for table in self.node_emb:
+                nn.init.zeros_(table.weight)
         # GPT-2's own initialisation scale for everything outside the backbone: N(0, 1) embeddings,
         # summed over M levels, would drown the position embeddings.
         for table in (self.code_emb, self.prefix_emb, self.item_emb):
@@ -161,24 +171,42 @@ class CausalSemanticModel(nn.Module):
         out = self.backbone(inputs_embeds=x, attention_mask=mask.long(), position_ids=positions.expand(b, width))
         return out.last_hidden_state
 
-    def level_logits(self, level: int, z: torch.Tensor) -> torch.Tensor:
-        """(..., d) state plus code prefix -> (..., K_level) logits over the level's codes."""
+    def level_logits(self, level: int, z: torch.Tensor, child: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., d) state plus code prefix -> (..., K_level) logits over the level's codes.
+
+        `child` (..., K_level): the prefix-tree node each code leads to (-1: none); with
+        `spec.node_emb` those nodes' own output vectors are added (the codes that lead nowhere,
+        which trie softmax masks anyway, get none)."""
         u = z + self.level_mlp[level](z)
         if self.spec.tie_codes:
             lo = self.offsets[level]
             table = self.code_emb.weight[lo : lo + self.spec.codebook_sizes[level]]
-            return u @ table.T + self.level_bias[level]
-        return self.level_out[level](u)
+            logits = u @ table.T + self.level_bias[level]
+        else:
+            logits = self.level_out[level](u)
+        if self.node_emb is None or level == 0:
+            return logits
+        if child is None:
+            raise ValueError("node_emb logits need the prefix tree's child table")
+        size = logits.shape[-1]
+        flat_u, flat_child = u.reshape(-1, u.shape[-1]), child.reshape(-1, size)
+        rows, codes = (flat_child >= 0).nonzero(as_tuple=True)
+        # Only real children: most of the (rows, K) table is empty below the first levels.
+        extra = (flat_u[rows] * self.node_emb[level - 1](flat_child[rows, codes])).sum(-1)
+        return logits.reshape(-1, size).index_put((rows, codes), extra, accumulate=True).reshape(logits.shape)
 
     def prefix_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
         """P_level[codes]: what a level-`level` code adds to the state for the levels after it."""
         return self.prefix_emb(codes + self.offsets[level])
 
-    def teacher_forced_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
-        """(N, d) states and (N, L) true next-item codes -> per level (N, K_l) logits."""
+    def teacher_forced_logits(
+        self, hidden: torch.Tensor, codes: torch.Tensor, children: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """(N, d) states and (N, L) true next-item codes -> per level (N, K_l) logits; `children`
+        per level the (N, K_l) child nodes of the true prefix (needed with node_emb)."""
         out, z = [], hidden
         for level in range(self.levels):
-            out.append(self.level_logits(level, z))
+            out.append(self.level_logits(level, z, None if children is None else children[level]))
             if level + 1 < self.levels:
                 z = z + self.prefix_vectors(level, codes[:, level])
         return out
@@ -191,13 +219,22 @@ class CausalSemanticModel(nn.Module):
         the distribution constrained beam search ranks by; otherwise over the whole codebook.
         """
         codes = self.item_tokens[targets] - self.item_tokens.new_tensor(self.offsets)
-        logits = self.teacher_forced_logits(hidden, codes)
+        return sum(F.cross_entropy(lg, codes[:, level])
+                   for level, lg in enumerate(self._target_logits(hidden, targets, codes, tree)))
+
+    def _target_logits(self, hidden: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor,
+                       tree: PrefixTree | None) -> list[torch.Tensor]:
+        """Teacher-forced logits along each target's own prefix, masked to the tree's children
+        with trie softmax."""
+        if not (self.spec.trie_softmax or self.spec.node_emb):
+            return self.teacher_forced_logits(hidden, codes)
+        if tree is None:
+            raise ValueError("trie_softmax and node_emb need the item prefix tree")
+        children = [tree.children(level, tree.ancestor[level][targets]) for level in range(self.levels)]
+        logits = self.teacher_forced_logits(hidden, codes, children)
         if self.spec.trie_softmax:
-            if tree is None:
-                raise ValueError("trie_softmax training needs the item prefix tree")
-            logits = [lg.masked_fill(tree.children(level, tree.ancestor[level][targets]) < 0, NEG_INF)
-                      for level, lg in enumerate(logits)]
-        return sum(F.cross_entropy(lg, codes[:, level]) for level, lg in enumerate(logits))
+            logits = [lg.masked_fill(child < 0, NEG_INF) for lg, child in zip(logits, children)]
+        return logits
 
     def sequence_log_probs(self, hidden: torch.Tensor, items: torch.Tensor, tree: PrefixTree | None = None) -> torch.Tensor:
         """(n, d) states, (m,) item ids -> (n, m) sum over levels of log p(code_l | codes_<l), each
@@ -207,11 +244,7 @@ class CausalSemanticModel(nn.Module):
         codes = (self.item_tokens[items] - self.item_tokens.new_tensor(self.offsets))  # (m, L)
         flat_h = hidden[:, None, :].expand(n, m, -1).reshape(n * m, -1)
         flat_c = codes[None].expand(n, m, -1).reshape(n * m, -1)
-        logits = self.teacher_forced_logits(flat_h, flat_c)
-        if self.spec.trie_softmax:
-            flat_items = items[None].expand(n, m).reshape(-1)
-            logits = [lg.masked_fill(tree.children(level, tree.ancestor[level][flat_items]) < 0, NEG_INF)
-                      for level, lg in enumerate(logits)]
+        logits = self._target_logits(flat_h, items[None].expand(n, m).reshape(-1), flat_c, tree)
         total = sum(lg.log_softmax(-1).gather(1, flat_c[:, level : level + 1]).squeeze(1)
                     for level, lg in enumerate(logits))
         return total.reshape(n, m)
@@ -244,8 +277,8 @@ def causal_beam_search(
         scores[root_dead] = NEG_INF
     for depth in range(tree.levels):
         width, size = nodes.shape[1], tree.codebook_sizes[depth]
-        logits = model.level_logits(depth, hidden[:, None, :] + prefix).float()  # (n, w, K)
         child = tree.children(depth, nodes.reshape(-1))  # (n * width, K)
+        logits = model.level_logits(depth, hidden[:, None, :] + prefix, child.reshape(n, width, size)).float()
         allowed = child >= 0
         if model.spec.trie_softmax:  # normalise over the node's children, as training did
             logits = logits.masked_fill(~allowed.reshape(n, width, size), NEG_INF)

@@ -179,9 +179,10 @@ def _unknown(err: UnknownItem, loc: list, status: int) -> JSONResponse:
     return SafeJSONResponse({"detail": detail}, status_code=status)
 
 
-def create_app(recommender: Recommender, batching: BatchingConfig = BatchingConfig()) -> FastAPI:
+def create_app(recommender: Recommender, batching: BatchingConfig | None = None) -> FastAPI:
     """A FastAPI app serving `recommender`; run it with uvicorn (see `cemg serve`). With
-    `batching.enabled` (the default), concurrent /recommend requests share generator calls."""
+    `batching.enabled` (default: BatchingConfig()), concurrent /recommend requests share generator calls."""
+    batching = batching or BatchingConfig()
     batcher = MicroBatcher(recommender, batching.max_batch, batching.max_wait_ms) if batching.enabled else None
 
     @asynccontextmanager

@@ -3,9 +3,10 @@ together in one `Recommender.recommend_batch` call.
 
 One beam search over many histories costs little more CPU than over one (the model's matrix
 products just get taller), so under concurrent load a batch of requests is far cheaper than the
-same requests one by one: bench/load_service.py measured 1.6-3.6x less server CPU per request on
-the demo run (docs/reliability.md, "Load"), with the same items returned. A lone request waits at
-most `max_wait_ms` for company (default 0: batches form from what queues while a batch runs).
+same requests one by one: bench/load_service.py measured 5.2-5.5x less server CPU per request on
+the demo run with 1,000 requests in flight, 1.25-2.6x with 64 (docs/reliability.md, "Load"), with
+the same items returned. A request that finds the generator idle waits at most `max_wait_ms` for
+company (default 0: batches form from the requests that queue while a batch runs).
 
 Written here rather than taken from a serving framework (Ray Serve, Triton, TorchServe all batch):
 each is a server of its own to deploy, while this is a queue and one thread inside the FastAPI app.
@@ -41,7 +42,7 @@ class BatchingConfig:
     # How long a request that finds the generator idle waits for others to join it. 0: no waiting;
     # batches still form from the requests that queue while the generator is busy, which is where
     # the savings come from. On the 2-core demo bench a 2 ms wait saved no more CPU under load, and
-    # a lone request paid ~5 ms for it (a sleeping thread waits to be rescheduled on a busy machine).
+    # a lone request paid ~4 ms for it (a sleeping thread waits to be rescheduled on a busy machine).
     max_wait_ms: float = 0.0
 
     def __post_init__(self):
