@@ -268,6 +268,9 @@ def cmd_full(args: argparse.Namespace) -> None:
         record_run("full", f"CEMG-s{seed}", run_variant(args, "full", "base", seed, []), args)
     for name in args.baselines:
         for seed in ([args.seeds[0]] if name == "pop" else args.seeds):
+            if f"{name}-s{seed}" in load_results("full")["runs"] and not args.retrain:
+                log.info("%s (seed %d): already in %s; --retrain to train it again", name, seed, results_path("full"))
+                continue
             # The base run's data stage: the same split the CEMG runs of this seed were scored on.
             cfg = study_config(args, WORK / f"base-s{seed}", seed, [])
             result = run_pipeline(cfg, stop_after="data")
@@ -506,14 +509,16 @@ def _plot_sensitivity(runs: list[dict[str, Any]]) -> None:
         ax.set_xticks(xs, [str(r["value"]) for r in rows])
         ax.set_xlabel(param)
         twin = ax.twinx()
-        twin.plot(xs, [100 * r["tokenizer"]["collision_rate"] for r in rows], "^:", color="grey", label="collisions")
+        collisions = [100 * r["tokenizer"]["collision_rate"] for r in rows]
+        twin.plot(xs, collisions, "^:", color="grey", label="collisions")
+        twin.set_ylim(0, max(1.0, 1.1 * max(collisions)))
         twin.set_ylabel("collisions (%)", color="grey")
         if scored:
             ax.legend(fontsize=7, loc="lower left")
         else:
             ax.set_yticks([])
             ax.set_title("tokenizer only", fontsize=8)
-    fig.suptitle("Sensitivity on ML-100K (one seed; one parameter at a time)")
+    fig.suptitle("Sensitivity on ML-100K (seed 42; one parameter at a time around M=4, K=64, beta=1, gamma=0.1)")
     fig.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMAGES / "ml100k_sensitivity.png", dpi=110)
@@ -544,6 +549,7 @@ def main() -> None:
     full = sub.add_parser("full", help="Table 3: full model and baselines, overall and cold start")
     full.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     full.add_argument("--baselines", nargs="*", default=["pop", "sasrec"])
+    full.add_argument("--retrain", action="store_true", help="train baselines already in the results again")
     ablation = sub.add_parser("ablation", help="Figure 2")
     ablation.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ablation.add_argument("--variants", nargs="*", choices=list(ABLATIONS), default=None)
