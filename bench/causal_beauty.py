@@ -28,8 +28,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -37,6 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 from cemg.artifacts import atomic_dir, atomic_write_text  # noqa: E402
 from cemg.config import CEMGConfig, load_config, resolve_device  # noqa: E402
 from cemg.data.load import load_dataset  # noqa: E402
@@ -52,17 +51,6 @@ RESULTS = Path("bench/results/causal_beauty.json")
 # An epoch is ~90 steps, so validation (beam search over 5000 users, more than the T5 path's 2000
 # to stop on a steadier signal) every second epoch, and a warmup of ~2 epochs rather than 5% of all.
 BENCH_DEFAULTS = ["generator.valid_users=5000", "generator.eval_every=2", "generator.warmup_ratio=0.01"]
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
-        cpu = names[0].strip() if names else cpu
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {gpu}")
 
 
 def residual_kmeans_ids(vectors: np.ndarray, levels: int, k: int, seed: int) -> tuple[SemanticIds, dict]:

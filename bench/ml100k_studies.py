@@ -34,7 +34,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
@@ -47,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import cemg  # noqa: E402
+from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.config import CEMGConfig, load_config  # noqa: E402
 from cemg.evaluation.metrics import summarize  # noqa: E402
@@ -93,17 +93,6 @@ TUNE: dict[str, list[str]] = {
 
 
 # --- running one variant ------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        names = re.findall(r"^model name\s*:\s*(.+)$", info.read_text(), re.M)
-        cpu = names[0].strip() if names else cpu
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} thread(s)), {gpu}")
 
 
 def slug(name: str) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from cemg.artifacts import read_manifest
-from cemg.config import CEMGConfig, load_config
+from cemg.config import CEMGConfig, ConfigError, load_config
 from cemg.data.dataset import InteractionDataset
 from cemg.pipeline import CONFIG_FILE, RunEvaluation
 from cemg.tokenizer.semantic_ids import SemanticIds
@@ -105,6 +105,21 @@ def _lenient(model: type[BaseModel], values: dict[str, Any] | None, where: str) 
         return model()
 
 
+def _lenient_config_file(path: Path) -> CEMGConfig:
+    """config.yaml read section by section with `_lenient`, for one an older version wrote."""
+    import yaml
+
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    sections = {name: _lenient(fields.annotation, tree[name], f"{path}: {name}")
+                for name, fields in CEMGConfig.model_fields.items()
+                if isinstance(tree.get(name), dict) and isinstance(fields.annotation, type)
+                and issubclass(fields.annotation, BaseModel)}
+    top = _lenient(CEMGConfig, {k: v for k, v in tree.items() if k not in sections}, str(path))
+    return top.model_copy(update=sections)
+
+
 def load_run_config(run_dir: Path | str) -> CEMGConfig:
     """The config a run was built with: `run_dir/config.yaml`, else rebuilt from the stage manifests."""
     run_dir = Path(run_dir)
@@ -112,13 +127,22 @@ def load_run_config(run_dir: Path | str) -> CEMGConfig:
         raise FileNotFoundError(f"{run_dir}: run directory not found")
     path = run_dir / CONFIG_FILE
     if path.is_file():
-        cfg = load_config(path)
+        try:
+            cfg = load_config(path)
+        except ConfigError as err:
+            # Written by an older version whose keys this one dropped: the run's artifacts are still
+            # readable, so a report or a service should not refuse it.
+            log.warning("%s; reading it key by key instead", err)
+            cfg = _lenient_config_file(path)
         # config.yaml describes the LATEST pipeline call; an earlier full run may have left stages
         # that a later, shorter call (e.g. `--until tokenizer` with other settings) did not rebuild.
         for name in _SECTIONS:
             manifest = read_manifest(run_dir / name)
             recorded = (manifest or {}).get("config")
-            if recorded is not None and recorded != getattr(cfg, name).model_dump(mode="json"):
+            current = getattr(cfg, name).model_dump(mode="json")
+            # Only keys the stage recorded count: a field added to the config after the stage was built
+            # is missing from its record without the stage having used other settings.
+            if recorded is not None and any(current.get(k, v) != v for k, v in recorded.items()):
                 log.warning("%s: stage %r was built with other %s settings than %s records",
                             run_dir, name, name, CONFIG_FILE)
         return cfg.model_copy(update={"run_dir": run_dir})

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from cemg.cli import app
 from cemg.report import SECTIONS, collect, write_report
-from cemg.report.render import build_sections, to_markdown
+from cemg.report.render import build_sections, to_html, to_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -88,3 +90,49 @@ def test_cli_report(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "report.md").is_file()
     assert "report.html" in result.output
+
+
+def test_a_dataset_without_images_says_so_instead_of_empty_frames(tiny_run, tmp_path):
+    run = tmp_path / "text-only"
+    shutil.copytree(tiny_run, run)
+    meta_path = run / "data" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["image_refs"], meta["image_root"] = None, None  # as Beauty: titles, no pictures
+    meta_path.write_text(json.dumps(meta))
+    content = collect(run, n_examples=2, k=3)
+    assert "has no item images" in content.image_note
+    # the features still hold image vectors; make the fusion view text-only too, as a Beauty run's is
+    content.fusion = dataclasses.replace(content.fusion, has_image=np.zeros_like(content.fusion.has_image))
+    sections = build_sections(content)
+    page = to_html("t", sections, {})
+    assert "no image</div>" not in page and "data:image/png" not in page
+    assert page.count("has no item images") == 2  # dataset and examples sections
+    assert "| rank | item | title | score |\n" in to_markdown("t", sections, {})  # no empty image column
+    fusion = next(s for s in sections if s.title == "Fusion attention")
+    assert fusion.blocks == [fusion.blocks[0]] and "text weight exactly 1" in fusion.blocks[0]
+
+
+def test_long_titles_are_cut_in_cards_but_kept_in_the_tooltip():
+    from cemg.report.content import ExampleItem
+    from cemg.report.render import _html_card
+
+    title = "Dead Sea Salt Deep Hair Conditioner - for Dry or Damaged Hair - " * 4
+    card = _html_card(ExampleItem(7, "7", title), rank=1, pictures=False)
+    assert f'title="{title}"' in card and "\u2026" in card and "no image" not in card
+
+
+def test_an_old_run_config_with_dropped_and_missing_keys_still_reports(tiny_run, tmp_path, caplog):
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    text = (run / "config.yaml").read_text()
+    # an older version: a generator key since dropped, and no `decoding` (a field added later)
+    text = re.sub(r"\n  decoding: \w+", "", text).replace("generator:\n", "generator:\n  old_knob: 3\n", 1)
+    (run / "config.yaml").write_text(text)
+    manifest = json.loads((run / "generator" / "manifest.json").read_text())
+    manifest["config"].pop("decoding")
+    (run / "generator" / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="cemg.api"):
+        files = write_report(run, tmp_path / "r", n_examples=1, k=3)
+    assert "old_knob" in caplog.text
+    assert "built with other generator settings" not in caplog.text
+    assert "| test, all users" in files.markdown.read_text(encoding="utf-8")

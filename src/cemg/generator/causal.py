@@ -39,7 +39,7 @@ from cemg.config import EvalConfig, GeneratorConfig, resolve_device
 from cemg.data.split import SplitDataset
 from cemg.evaluation.protocol import evaluate
 from cemg.generator.decoding import Exclusion, PrefixTree, search_in_batches
-from cemg.generator.model import load_generator_meta, save_generator_meta
+from cemg.generator.model import SemanticIdRecommender, load_generator_meta, save_generator_meta
 from cemg.tokenizer.semantic_ids import SemanticIds
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def left_padded(histories: Sequence[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-class CausalGenerativeRecommender:
+class CausalGenerativeRecommender(SemanticIdRecommender):
     """The Recommender protocol over a trained `CausalSemanticModel`. Saved as one folder:
     `backbone/` (save_pretrained, safetensors), `heads.safetensors` (embeddings and level heads),
     `semantic_ids/` and `causal.json` (architecture, generator config, training record)."""
@@ -337,10 +337,6 @@ class CausalGenerativeRecommender:
         self.semantic_ids = semantic_ids
         self.info = dict(info or {})
         self.tree = PrefixTree(semantic_ids.codes, semantic_ids.codebook_sizes).to(self.device)
-
-    @property
-    def n_items(self) -> int:
-        return self.semantic_ids.n_items
 
     @property
     def max_history(self) -> int:
@@ -370,11 +366,6 @@ class CausalGenerativeRecommender:
             return causal_beam_search(self.model, self.tree, hidden, beams, excl)
 
         return search_in_batches(self.model, len(histories), k, self.config.eval_batch_size, search)
-
-    def recommend(
-        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
-    ) -> np.ndarray:
-        return self.recommend_with_scores(histories, k, exclude)[0]
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

@@ -54,7 +54,28 @@ def load_generator_meta(folder: Path, meta_file: str) -> tuple[dict, SemanticIds
     return meta, semantic_ids, GeneratorConfig.model_validate(meta["config"])
 
 
-class GenerativeRecommender:
+class SemanticIdRecommender:
+    """What the T5 and the causal generators share: a catalogue of semantic ids and the Recommender
+    protocol on top of their `recommend_with_scores` (trie-constrained beam search)."""
+
+    semantic_ids: SemanticIds
+
+    @property
+    def n_items(self) -> int:
+        return self.semantic_ids.n_items
+
+    def recommend_with_scores(
+        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def recommend(
+        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> np.ndarray:
+        return self.recommend_with_scores(histories, k, exclude)[0]
+
+
+class GenerativeRecommender(SemanticIdRecommender):
     def __init__(
         self,
         model: T5ForConditionalGeneration,
@@ -78,10 +99,6 @@ class GenerativeRecommender:
         self.info = dict(info or {})
         self.item_tokens = vocab.item_tokens(semantic_ids.codes)
         self.tree = PrefixTree(semantic_ids.codes, semantic_ids.codebook_sizes).to(self.device)
-
-    @property
-    def n_items(self) -> int:
-        return self.semantic_ids.n_items
 
     def encode(self, histories: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.vocab.encode_histories(histories, self.item_tokens, self.max_history)
@@ -107,11 +124,6 @@ class GenerativeRecommender:
                                            self.config.decoding)
 
         return search_in_batches(self.model, len(histories), k, self.config.eval_batch_size, search)
-
-    def recommend(
-        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
-    ) -> np.ndarray:
-        return self.recommend_with_scores(histories, k, exclude)[0]
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

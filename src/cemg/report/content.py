@@ -65,6 +65,8 @@ class RunContent:
     evaluation: dict[str, Any] | None = None  # part -> EvalResult
     examples: list[Example] = field(default_factory=list)
     examples_note: str = ""
+    image_root: Path | None = None  # where the item images were found, None when nowhere
+    image_note: str = ""  # why items are shown without pictures (dataset without images, root not found)
 
     @property
     def paper(self) -> dict[str, float] | None:
@@ -89,15 +91,31 @@ def _generator_info(folder: Path) -> dict[str, Any] | None:
 
 def _image_root(dataset: InteractionDataset, run_dir: Path) -> Path | None:
     """Image roots are recorded as configured, usually relative to the directory the run was made in;
-    try that, then the folder holding `runs/`."""
+    try that, then the folders above the run (runs/NAME and runs/GROUP/NAME both sit under the repo)."""
     root = dataset.image_root
-    if root is None:
-        return None
-    for candidate in (root, run_dir.resolve().parent.parent / root):
+    if root is None or root.is_absolute():
+        return root if root is not None and root.exists() else None
+    for candidate in (root, *(parent / root for parent in run_dir.resolve().parents)):
         if candidate.exists():
             return candidate
     log.warning("image root %s not found (from %s); the report shows no images", root, Path.cwd())
     return None
+
+
+def _image_note(dataset: InteractionDataset, image_root: Path | None) -> str:
+    refs = dataset.items.image_refs
+    if refs is None or not any(r is not None for r in refs):
+        return (f"The {dataset.name} data has no item images, so items are shown by title only "
+                "(and the tokenizer fused text with the collaborative embedding, without an image modality).")
+    from cemg.features.image import is_url
+
+    if all(r is None or is_url(r) for r in refs):
+        return ("The item images are URLs, which a report does not fetch (it works offline): items are shown by "
+                "title only.")
+    if image_root is None:
+        where = dataset.image_root or "(none recorded)"
+        return f"The item images were not found (image root {where}), so items are shown by title only."
+    return ""
 
 
 def thumbnails(
@@ -134,7 +152,7 @@ def thumbnails(
     return out
 
 
-def _examples(rec: Recommender, run_dir: Path, n_users: int, k: int, history_shown: int) -> list[Example]:
+def _examples(rec: Recommender, image_root: Path | None, n_users: int, k: int, history_shown: int) -> list[Example]:
     dataset = rec.catalogue.dataset
     split = leave_one_out(dataset, rec.config.data.max_history)
     test = split.test
@@ -145,7 +163,7 @@ def _examples(rec: Recommender, run_dir: Path, n_users: int, k: int, history_sho
     for r, rows_rec in zip(rows, recs):
         wanted += [int(i) for i in test.histories[r][-history_shown:]] + [int(test.targets[r])]
         wanted += [row.item for row in rows_rec]
-    images = thumbnails(dataset, wanted, _image_root(dataset, run_dir))
+    images = thumbnails(dataset, wanted, image_root)
     cat = rec.catalogue
 
     def make(i: int, score: float | None = None, target: int = -1) -> ExampleItem:
@@ -181,6 +199,8 @@ def collect(run_dir: Path | str, n_examples: int = 3, k: int = 5, history_shown:
             "with_title": sum(1 for i in range(len(table)) if table.title(i) != table.keys[i]),
             "with_image_ref": 0 if table.image_refs is None else sum(r is not None for r in table.image_refs),
         }
+        content.image_root = _image_root(dataset, run_dir)
+        content.image_note = _image_note(dataset, content.image_root)
     if stages["features"]:
         info = (_json(run_dir / "features" / "features.json") or {}).get("info", {})
         for name in ("text", "image"):
@@ -199,7 +219,8 @@ def collect(run_dir: Path | str, n_examples: int = 3, k: int = 5, history_shown:
     if stages["evaluation"]:
         content.evaluation = RunEvaluation.load(run_dir / "evaluation").results
     if stages["generator"] and stages["tokenizer"] and n_examples > 0:
-        content.examples = _examples(Recommender.load(run_dir, device=device), run_dir, n_examples, k, history_shown)
+        content.examples = _examples(Recommender.load(run_dir, device=device), content.image_root, n_examples, k,
+                                     history_shown)
     else:
         content.examples_note = "No trained generator in this run: run `cemg run` to the end."
     return content

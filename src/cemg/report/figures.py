@@ -28,8 +28,14 @@ def dataset_figure(content: RunContent) -> bytes | None:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     lengths = content.sequence_lengths
-    left.hist(lengths, bins=min(50, max(5, int(lengths.max() - lengths.min() + 1))), color=BLUE)
-    left.set(title="interactions per user", xlabel="sequence length", ylabel="users")
+    # A few very long histories (Beauty: 99% of users under 40, the longest 200) would squeeze the
+    # rest into one bar, so the axis ends at the 99th percentile and longer ones pile into the last bin.
+    cap = max(int(np.percentile(lengths, 99)), int(lengths.min()) + 1)
+    clipped = np.minimum(lengths, cap)
+    left.hist(clipped, bins=min(50, max(5, cap - int(lengths.min()) + 1)), color=BLUE)
+    title = "interactions per user" + (f" (last bin: {cap} or more; longest {lengths.max()})"
+                                       if lengths.max() > cap else "")
+    left.set(title=title, xlabel="sequence length", ylabel="users")
     counts = np.sort(content.item_counts)[::-1]
     right.plot(np.arange(1, len(counts) + 1), counts, color=ORANGE)
     right.set(title="interactions per item (long tail)", xlabel="item rank by popularity", ylabel="interactions")
@@ -92,22 +98,26 @@ def codebook_figure(content: RunContent) -> bytes | None:
 
 
 def fusion_figure(content: RunContent) -> bytes | None:
-    """Histogram of the image and text weights over items that have both modalities (for the others
-    the weight is exactly 0 or 1 by construction)."""
+    """Histogram of the image weight over items that have both modalities (for the others the weight is
+    exactly 0 or 1 by construction). The two softmax weights sum to 1, so one histogram shows both:
+    the top axis reads the same bars as text weight; two overlaid mirror-image histograms were muddier."""
     fusion = content.fusion
     if fusion is None:
         return None
     both = fusion.has_image & fusion.has_text
     if not both.any():
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    bins = np.linspace(0, 1, 41)
-    ax.hist(fusion.alphas[both, 0], bins=bins, alpha=0.65, color=BLUE, label="image weight α_v")
-    ax.hist(fusion.alphas[both, 1], bins=bins, alpha=0.65, color=GREEN, label="text weight α_t")
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    image_weight = fusion.alphas[both, 0]
+    ax.hist(image_weight, bins=np.linspace(0, 1, 41), color=BLUE)
     ax.axvline(0.5, color=GREY, linestyle=":", linewidth=1)
-    ax.set(xlabel="fusion weight", ylabel="items", xlim=(0, 1),
-           title=f"collaborative-guided fusion weights ({int(both.sum()):,} items with image and text)")
-    ax.legend()
+    ax.axvline(float(np.median(image_weight)), color=ORANGE, linewidth=1.5,
+               label=f"median image weight {np.median(image_weight):.2f}")
+    ax.set(xlabel="image weight α_v  (more image →)", ylabel="items", xlim=(0, 1),
+           title=f"fusion weights of {int(both.sum()):,} items with image and text")
+    top = ax.secondary_xaxis("top", functions=(lambda a: 1 - a, lambda a: 1 - a))
+    top.set_xlabel("text weight α_t = 1 − α_v  (← more text)")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return _png(fig)
 

@@ -99,6 +99,8 @@ def _dataset(c: RunContent) -> Section:
         f"{c.config.data.max_history} items for training and evaluation.",
         Table(["", c.dataset.name], rows),
     ]
+    if c.image_note:
+        blocks.append(c.image_note)
     return Section("Dataset", [*blocks, Figure("dataset", "Sequence lengths and item popularity.")])
 
 
@@ -120,8 +122,12 @@ def _training(c: RunContent) -> Section:
                       f"{g.get('best_epoch', '?')} (the model kept).")
     if not blocks:
         return Section("Training curves", ["No trained stage recorded a curve."])
-    blocks.append(Figure("training", "Training loss (blue, left axis) and the validation measure each stage "
-                                     "selects on (orange, right axis)."))
+    caption = "Training loss (blue, left axis) and the validation measure each stage selects on (orange, right axis)."
+    curve = ((c.tokenizer_report or {}).get("training") or {}).get("curve") or []
+    if any(row.get("loss", 0) < 0 for row in curve):
+        caption += (" The RQ-VAE loss adds gamma times the diversity term, a negative entropy of code use, "
+                    "so it falls below zero.")
+    blocks.append(Figure("training", caption))
     return Section("Training curves", blocks)
 
 
@@ -140,8 +146,8 @@ def _codebooks(c: RunContent) -> Section:
     note += ("a last level numbering the items within each group makes every id unique."
              if col["extra_level"] else "no disambiguation level was needed.")
     return Section("Codebook utilisation", [
-        Table(["level", "codes used", "utilisation", "perplexity", "items sharing the prefix", "relative latent error"],
-              rows),
+        Table(["level", "codes used", "utilisation", "perplexity", "items sharing the prefix to this level",
+               "relative latent error"], rows),
         note,
         Figure("codebooks", "Items per code at each level, codes sorted by use (grey: unused)."),
     ])
@@ -153,6 +159,12 @@ def _fusion(c: RunContent) -> Section:
         return Section("Fusion attention", ["The fusion weights cannot be rebuilt: the run lacks the tokenizer "
                                             "model, the features or the collaborative embeddings."])
     both = f.has_image & f.has_text
+    if not f.has_image.any():
+        return Section("Fusion attention", [(
+            f"No item has an image, so the fusion layer has one modality to weigh: every one of the "
+            f"{int(f.has_text.sum()):,} items with text gets text weight exactly 1, and there is no attention "
+            "histogram to show. (Paper 4.2.2.3 weighs image against text; here it reduces to the text vector "
+            "guided by the collaborative embedding.)")])
     rows = [
         ["image and text", f"{int(both.sum()):,}",
          _f(float(f.alphas[both, 0].mean()), 3) if both.any() else "-",
@@ -170,7 +182,8 @@ def _fusion(c: RunContent) -> Section:
         q = [float(x) for x in np.percentile(f.alphas[both, 1], [5, 50, 95])]
         blocks.append(f"Text weight over items with both modalities: 5th percentile {q[0]:.3f}, median {q[1]:.3f}, "
                       f"95th percentile {q[2]:.3f}.")
-        blocks.append(Figure("fusion", "Histogram of the image and text weights (items with both modalities)."))
+        blocks.append(Figure("fusion", "Items with both modalities by their image weight (bottom axis); the text "
+                                       "weight is one minus it (top axis)."))
     return Section("Fusion attention", blocks)
 
 
@@ -201,11 +214,12 @@ def _results(c: RunContent) -> Section:
 def _examples(c: RunContent) -> Section:
     if not c.examples:
         return Section("Example recommendations", [c.examples_note or "No examples."])
-    return Section("Example recommendations", [
+    blocks: list[Block] = [(
         "Test users (evenly spaced through the dataset): their last items, the held-out next item, and the "
-        "generator's top items (scores are log-probabilities; the held-out item is marked).",
-        Examples(c.examples),
-    ])
+        "generator's top items (scores are log-probabilities; the held-out item is marked).")]
+    if c.image_note:
+        blocks.append(c.image_note)
+    return Section("Example recommendations", [*blocks, Examples(c.examples)])
 
 
 def build_sections(c: RunContent) -> list[Section]:
@@ -239,15 +253,17 @@ def to_markdown(title: str, sections: list[Section], figures: dict[str, bytes]) 
                 if block.name in figures:
                     out += [f"![{block.caption}](figures/{block.name}.png)", "", f"*{block.caption}*", ""]
             elif isinstance(block, Examples):
+                pictures = any(i.image for ex in block.examples for i in [*ex.history, ex.target, *ex.recommended])
                 for ex in block.examples:
                     out += [f"**user {ex.user}**: last items "
                             + " | ".join(f"{i.title} (`{i.key}`)" for i in ex.history)
                             + f"; held out: **{ex.target.title}** (`{ex.target.key}`)", ""]
-                    out += ["| rank | item | title | score | image |", "|---|---|---|---|---|"]
+                    out += (["| rank | item | title | score | image |", "|---|---|---|---|---|"] if pictures
+                            else ["| rank | item | title | score |", "|---|---|---|---|"])
                     for rank, item in enumerate(ex.recommended, 1):
                         mark = " **(held out)**" if item.is_target else ""
                         out.append(f"| {rank} | `{_md_cell(item.key)}` | {_md_cell(item.title)}{mark} | "
-                                   f"{item.score:.2f} | {_md_thumb(item)} |")
+                                   f"{item.score:.2f} |" + (f" {_md_thumb(item)} |" if pictures else ""))
                     out.append("")
     return "\n".join(out)
 
@@ -300,14 +316,23 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _html_card(item: ExampleItem, rank: int | None = None) -> str:
+def _short(title: str, limit: int = 80) -> str:
+    # Amazon titles run to 300 characters of keywords; the full title stays in the card's tooltip.
+    return title if len(title) <= limit else title[: limit - 1].rstrip() + "\u2026"
+
+
+def _html_card(item: ExampleItem, rank: int | None = None, pictures: bool = True) -> str:
     e = html.escape
-    img = (f'<img src="{_data_uri(item.image)}" alt="{e(item.title)}">' if item.image
-           else '<div class="noimg">no image</div>')
+    img = ""
+    if item.image:
+        img = f'<img src="{_data_uri(item.image)}" alt="{e(item.title)}">'
+    elif pictures:  # some items of the example have a picture: mark the ones that lack it
+        img = '<div class="noimg">no image</div>'
     head = f"{rank}. " if rank is not None else ""
     score = f'<br><span class="score">log-prob {item.score:.2f}</span>' if item.score is not None else ""
     cls = "card target" if item.is_target else "card"
-    return f'<div class="{cls}">{img}{head}{e(item.title)} <code>{e(item.key)}</code>{score}</div>'
+    return (f'<div class="{cls}" title="{e(item.title)}">{img}{head}{e(_short(item.title))} '
+            f"<code>{e(item.key)}</code>{score}</div>")
 
 
 def to_html(title: str, sections: list[Section], figures: dict[str, bytes]) -> str:
@@ -336,13 +361,14 @@ def to_html(title: str, sections: list[Section], figures: dict[str, bytes]) -> s
                     out.append(f'<figure><img src="{_data_uri(figures[block.name])}" alt="{e(block.caption)}">'
                                f"<figcaption>{e(block.caption)}</figcaption></figure>")
             elif isinstance(block, Examples):
+                pictures = any(i.image for ex in block.examples for i in [*ex.history, ex.target, *ex.recommended])
                 for ex in block.examples:
                     out.append(f'<div class="example"><h3>user {e(ex.user)}</h3>')
                     out.append('<div class="label">last items (oldest first), then the held-out next item</div>')
-                    out.append('<div class="strip">' + "".join(_html_card(i) for i in ex.history)
-                               + '<div class="arrow">&rarr;</div>' + _html_card(ex.target) + "</div>")
+                    out.append('<div class="strip">' + "".join(_html_card(i, None, pictures) for i in ex.history)
+                               + '<div class="arrow">&rarr;</div>' + _html_card(ex.target, None, pictures) + "</div>")
                     out.append('<div class="label">recommended</div>')
-                    out.append('<div class="strip">' + "".join(_html_card(i, r) for r, i in
+                    out.append('<div class="strip">' + "".join(_html_card(i, r, pictures) for r, i in
                                                                enumerate(ex.recommended, 1)) + "</div></div>")
         out.append("</section>")
     out.append("</main></body></html>")
