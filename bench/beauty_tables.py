@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from cemg.artifacts import atomic_write_text, read_manifest  # noqa: E402
 from cemg.config import load_config  # noqa: E402
+from cemg.evaluation.protocol import EvalResult, paired_test  # noqa: E402
 from cemg.pipeline import RunEvaluation, run_pipeline  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -99,6 +100,11 @@ def markdown(rows: dict[str, dict], baselines: dict[str, dict]) -> str:
               "| model | cold users | " + " | ".join(ks) + " |", "|---|---|" + "---|" * len(ks)]
     for name, entry in {**baselines, **rows}.items():
         lines.append(f"| {name} | {entry['n_cold_start_users']} | {fmt(entry['test_cold_start'])} |")
+    if "paired" in rows.get("CEMG", {}):
+        lines += ["", "CEMG vs the TIGER configuration on the same test users (paired, "
+                  "`cemg.evaluation.protocol.paired_test`): " + "; ".join(
+                      f"{m} {t['mean_a']:.4f} vs {t['mean_b']:.4f}, t-test p = {t['t_pvalue']:.2g}, "
+                      f"Wilcoxon p = {t['wilcoxon_pvalue']:.2g}" for m, t in rows["CEMG"]["paired"].items())]
     lines += ["", "Rows: " + "; ".join(f"{n}: `{e['command']}`" for n, e in {**baselines, **rows}.items()), ""]
     return "\n".join(lines)
 
@@ -131,6 +137,10 @@ def main() -> None:
         if entry is not None:
             rows[name] = entry
             log.info("%s: test %s", name, {k: round(v, 4) for k, v in entry["test"].items()})
+    if "CEMG" in rows and "TIGER configuration" in rows:
+        ranks = [EvalResult.load(Path(rows[n]["run_dir"]) / "evaluation", "test").ranks
+                 for n in ("CEMG", "TIGER configuration")]
+        rows["CEMG"]["paired"] = {m: paired_test(*ranks, m) for m in ("HR@10", "NDCG@10")}
     baselines = {}
     if BASELINES.is_file():
         saved = json.loads(BASELINES.read_text(encoding="utf-8"))
