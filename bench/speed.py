@@ -314,7 +314,7 @@ def bench_beauty(args: argparse.Namespace) -> None:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             results[name] = pool.submit(run_variant, name, opts).result()
         payload.update(variants=results, ratios_vs_reference=ratios(results, args.threshold))
-        merge_results("beauty", payload)  # after every variant, so a crash keeps what finished
+        merge_results(args.name, payload)  # after every variant, so a crash keeps what finished
     for name, row in payload["ratios_vs_reference"].items():
         log.info("%s / %s: %s", name, REFERENCE, json.dumps(row, default=str))
 
@@ -384,6 +384,7 @@ def main() -> None:
     beauty.add_argument("--max-seconds", type=float, default=240, help="training budget per causal variant")
     beauty.add_argument("--t5-max-seconds", type=float, default=720, help="training budget of the T5 reference")
     beauty.add_argument("--threshold", type=float, default=0.01, help="valid NDCG@10 of the headline ratio")
+    beauty.add_argument("--name", default="beauty", help="result key in bench/results/speed.json")
     beauty.add_argument("--thresholds", type=float, nargs="+", default=[0.005, 0.01, 0.015, 0.02])
     beauty.add_argument("--eval-users", type=int, default=1000, help="fixed validation sample, all variants")
     beauty.add_argument("--first-eval-s", type=float, default=15, help="first validation checkpoint")

@@ -292,6 +292,7 @@ figcaption { font-size: 0.88em; color: #555; margin-top: 4px; }
 .card img { display: block; max-width: 128px; max-height: 120px; margin-bottom: 3px; border: 1px solid #ddd; }
 .card .noimg { width: 120px; height: 60px; background: #f0f0f0; color: #999; display: flex;
                align-items: center; justify-content: center; margin-bottom: 3px; }
+.card.text { width: 176px; }
 .card.target { outline: 3px solid #2ca02c; outline-offset: 2px; }
 .arrow { font-size: 2em; color: #888; align-self: center; padding: 0 4px; }
 .label { font-size: 0.82em; color: #555; font-weight: bold; margin: 6px 0 4px; }
@@ -317,7 +318,7 @@ def _is_number(text: str) -> bool:
 
 
 def _short(title: str, limit: int = 80) -> str:
-    # Amazon titles run to 300 characters of keywords; the full title stays in the card's tooltip.
+    # Amazon titles run to 800 characters of keywords (Beauty); the full title stays in the card's tooltip.
     return title if len(title) <= limit else title[: limit - 1].rstrip() + "\u2026"
 
 
@@ -330,7 +331,7 @@ def _html_card(item: ExampleItem, rank: int | None = None, pictures: bool = True
         img = '<div class="noimg">no image</div>'
     head = f"{rank}. " if rank is not None else ""
     score = f'<br><span class="score">log-prob {item.score:.2f}</span>' if item.score is not None else ""
-    cls = "card target" if item.is_target else "card"
+    cls = "card" + ("" if pictures else " text") + (" target" if item.is_target else "")
     return (f'<div class="{cls}" title="{e(item.title)}">{img}{head}{e(_short(item.title))} '
             f"<code>{e(item.key)}</code>{score}</div>")
 
