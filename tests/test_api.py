@@ -125,7 +125,7 @@ def test_a_config_yaml_newer_than_a_stage_is_flagged(tiny_run, tmp_path, caplog)
     shutil.copytree(tiny_run, run)
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(text.replace("causal_hidden: 16", "causal_hidden: 32"))
-    with caplog.at_level("WARNING", logger="cemg.api"):
+    with caplog.at_level("WARNING", logger="cemg.run_folder"):
         assert load_run_config(run).generator.causal_hidden == 32
     assert "stage 'generator' was built with other generator settings" in caplog.text
     assert "stage 'tokenizer'" not in caplog.text

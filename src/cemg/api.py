@@ -7,9 +7,13 @@
         print(row.rank, row.key, row.title, row.score)
     rec.explain("i0042").codes                       # the item's code at every level
 
-A run folder holds one artifact per stage (see cemg.pipeline) plus `config.yaml`, the config it was
-built with. Runs made before `config.yaml` existed are read from the stage manifests instead, which
-record each stage's own config section.
+    from cemg.api import compare_runs                # two configurations over seeds and users
+    print(compare_runs("runs/a", "runs/b").verdict)
+
+A run folder holds one artifact per stage plus `config.yaml`, the config it was built with; its
+layout, including the folders of a run with several seeds, is cemg.run_folder's. Runs made before
+`config.yaml` existed are read from the stage manifests instead, which record each stage's own
+config section.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
 
-from cemg.artifacts import read_manifest
-from cemg.config import CEMGConfig, ConfigError, load_config
+from cemg.config import CEMGConfig
 from cemg.data.dataset import InteractionDataset
-from cemg.pipeline import CONFIG_FILE, RunEvaluation
+from cemg.evaluation.seeds import Comparison, compare_seeds
+from cemg.run_folder import RunFolder, lenient_section, load_run_config, seed_evaluations
 from cemg.tokenizer.semantic_ids import SemanticIds
+
+# load_run_config is part of this API (docs/api.md); it lives with the rest of the run folder's layout.
+__all__ = ["Comparison", "Explanation", "FusionView", "ItemCatalogue", "Neighbour", "Recommendation", "Recommender",
+           "UnknownItem", "compare_runs", "compute_fusion_view", "load_run_config"]
 
 log = logging.getLogger(__name__)
 
@@ -85,79 +92,6 @@ class Explanation:
     neighbours: list[Neighbour]
 
 
-# --- the run's config -----------------------------------------------------------------------------
-
-
-_SECTIONS = ("data", "features", "collab", "tokenizer", "generator", "evaluation")
-
-
-def _lenient(model: type[BaseModel], values: dict[str, Any] | None, where: str) -> BaseModel:
-    """Validate a section recorded by an older version: keys this version no longer knows are dropped
-    (logged), so an old run stays loadable."""
-    values = dict(values or {})
-    unknown = sorted(set(values) - set(model.model_fields))
-    if unknown:
-        log.warning("%s: ignoring config keys this version does not know: %s", where, unknown)
-    try:
-        return model.model_validate({k: v for k, v in values.items() if k in model.model_fields})
-    except ValidationError as err:
-        log.warning("%s: recorded config does not validate (%s); using defaults", where, err.errors()[0]["msg"])
-        return model()
-
-
-def _lenient_config_file(path: Path) -> CEMGConfig:
-    """config.yaml read section by section with `_lenient`, for one an older version wrote."""
-    import yaml
-
-    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    sections = {name: _lenient(fields.annotation, tree[name], f"{path}: {name}")
-                for name, fields in CEMGConfig.model_fields.items()
-                if isinstance(tree.get(name), dict) and isinstance(fields.annotation, type)
-                and issubclass(fields.annotation, BaseModel)}
-    top = _lenient(CEMGConfig, {k: v for k, v in tree.items() if k not in sections}, str(path))
-    return top.model_copy(update=sections)
-
-
-def load_run_config(run_dir: Path | str) -> CEMGConfig:
-    """The config a run was built with: `run_dir/config.yaml`, else rebuilt from the stage manifests."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run directory not found")
-    path = run_dir / CONFIG_FILE
-    if path.is_file():
-        try:
-            cfg = load_config(path)
-        except ConfigError as err:
-            # Written by an older version whose keys this one dropped: the run's artifacts are still
-            # readable, so a report or a service should not refuse it.
-            log.warning("%s; reading it key by key instead", err)
-            cfg = _lenient_config_file(path)
-        # config.yaml describes the LATEST pipeline call; an earlier full run may have left stages
-        # that a later, shorter call (e.g. `--until tokenizer` with other settings) did not rebuild.
-        for name in _SECTIONS:
-            manifest = read_manifest(run_dir / name)
-            recorded = (manifest or {}).get("config")
-            current = getattr(cfg, name).model_dump(mode="json")
-            # Only keys the stage recorded count: a field added to the config after the stage was built
-            # is missing from its record without the stage having used other settings.
-            if recorded is not None and any(current.get(k, v) != v for k, v in recorded.items()):
-                log.warning("%s: stage %r was built with other %s settings than %s records",
-                            run_dir, name, name, CONFIG_FILE)
-        return cfg.model_copy(update={"run_dir": run_dir})
-    fields = CEMGConfig.model_fields
-    sections = {}
-    for name in _SECTIONS:
-        manifest = read_manifest(run_dir / name)
-        if manifest is not None:
-            sections[name] = _lenient(fields[name].annotation, manifest.get("config"), f"{run_dir / name}")
-    if not sections:
-        raise FileNotFoundError(f"{run_dir}: neither {CONFIG_FILE} nor any stage manifest; is this a run directory?")
-    log.info("%s: no %s (a run from an older version); config rebuilt from the stage manifests", run_dir, CONFIG_FILE)
-    return CEMGConfig(run_dir=run_dir, **sections)
-
-
 # --- items: keys, titles, semantic ids, fusion ------------------------------------------------------
 
 
@@ -171,9 +105,14 @@ class FusionView:
     has_text: np.ndarray  # (n_items,) bool
 
 
-def compute_fusion_view(run_dir: Path) -> FusionView | None:
+def _run_folder(run: Path | str | RunFolder, seed: int | None = None) -> RunFolder:
+    return run if isinstance(run, RunFolder) else RunFolder.open(run, seed)
+
+
+def compute_fusion_view(run: Path | str | RunFolder, seed: int | None = None) -> FusionView | None:
     """Recompute the fusion weights and latents (the tokenizer stage stores only their summary);
-    None when the run lacks the tokenizer model, the features, or the collaborative embeddings."""
+    None when the run lacks the tokenizer model, the features, or the collaborative embeddings.
+    `seed` picks a seed of a run made with `--seeds` (default: see RunFolder.open)."""
     import torch
 
     from cemg.collab.artifact import CollabEmbeddings
@@ -181,18 +120,18 @@ def compute_fusion_view(run_dir: Path) -> FusionView | None:
     from cemg.features.artifact import ItemFeatures
     from cemg.tokenizer.build import MODEL_FILE, TokenizerArtifact, prepare_inputs
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "tokenizer" / MODEL_FILE).is_file() or not (run_dir / "features").is_dir():
+    folder = _run_folder(run, seed)
+    if not (folder.stage("tokenizer") / MODEL_FILE).is_file() or not folder.stage("features").is_dir():
         return None
-    tokenizer = TokenizerArtifact.load(run_dir / "tokenizer")
+    tokenizer = TokenizerArtifact.load(folder.stage("tokenizer"))
     state = tokenizer.model_state
-    tok_cfg = _lenient(TokenizerConfig, state["init_args"]["cfg"], f"{run_dir / 'tokenizer'}")
+    tok_cfg = lenient_section(TokenizerConfig, state["init_args"]["cfg"], f"{folder.stage('tokenizer')}")
     collab = None
     if tok_cfg.use_collab:
-        if not (run_dir / "collab").is_dir():
+        if not folder.stage("collab").is_dir():
             return None
-        collab = CollabEmbeddings.load(run_dir / "collab")
-    features = ItemFeatures.load(run_dir / "features")
+        collab = CollabEmbeddings.load(folder.stage("collab"))
+    features = ItemFeatures.load(folder.stage("features"))
     inputs = prepare_inputs(features, collab, tok_cfg, "cpu", scales=state["scales"])
     model = tokenizer.model()
     with torch.no_grad():
@@ -222,15 +161,15 @@ class ItemCatalogue:
         self._index = {key: i for i, key in enumerate(dataset.items.keys)}
 
     @classmethod
-    def load(cls, run_dir: Path | str, cfg: CEMGConfig | None = None) -> ItemCatalogue:
-        run_dir = Path(run_dir)
-        cfg = cfg or load_run_config(run_dir)
+    def load(cls, run: Path | str | RunFolder, cfg: CEMGConfig | None = None, seed: int | None = None) -> ItemCatalogue:
+        folder = _run_folder(run, seed)
+        cfg = cfg or load_run_config(folder.root)
         for stage in ("data", "tokenizer"):
-            if read_manifest(run_dir / stage) is None:
-                raise FileNotFoundError(f"{run_dir / stage}: stage missing; run `cemg run` for this config first")
-        dataset = InteractionDataset.load(run_dir / "data")
-        ids = SemanticIds.load(run_dir / "tokenizer" / "semantic_ids")
-        return cls(dataset, ids, min(cfg.tokenizer.levels, ids.levels), compute_fusion_view(run_dir))
+            if not folder.has(stage):
+                raise FileNotFoundError(f"{folder.stage(stage)}: stage missing; run `cemg run` for this config first")
+        dataset = InteractionDataset.load(folder.stage("data"))
+        ids = SemanticIds.load(folder.stage("tokenizer") / "semantic_ids")
+        return cls(dataset, ids, min(cfg.tokenizer.levels, ids.levels), compute_fusion_view(folder))
 
     def __len__(self) -> int:
         return self.dataset.n_items
@@ -297,10 +236,11 @@ class ItemCatalogue:
 # --- the recommender ----------------------------------------------------------------------------------
 
 
-def load_generator(run_dir: Path, cfg: CEMGConfig, device: str = "auto"):
+def load_generator(run: Path | str | RunFolder, cfg: CEMGConfig, device: str = "auto", seed: int | None = None):
     """The trained generator of a run: causal (`generator.backbone: causal`) or T5 (any other)."""
-    folder = Path(run_dir) / "generator"
-    if read_manifest(folder) is None:
+    run = _run_folder(run, seed)
+    folder = run.stage("generator")
+    if not run.has("generator"):
         raise FileNotFoundError(f"{folder}: no trained generator in this run; run `cemg run` to the end first")
     from cemg.generator import load_generator as load_saved_generator
 
@@ -336,21 +276,21 @@ class Recommender:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, run_dir: Path | str, device: str = "auto") -> Recommender:
-        """Load a finished run (after `cemg demo` or `cemg run`); FileNotFoundError says which stage is missing."""
+    def load(cls, run_dir: Path | str, device: str = "auto", seed: int | None = None) -> Recommender:
+        """Load a finished run (after `cemg demo` or `cemg run`); FileNotFoundError says which stage is missing.
+        `seed` picks one seed of a run made with `--seeds` (default: the config's seed, else the first)."""
         run_dir = Path(run_dir)
+        folder = RunFolder.open(run_dir, seed)
         cfg = load_run_config(run_dir)
-        catalogue = ItemCatalogue.load(run_dir, cfg)
-        generator = load_generator(run_dir, cfg, device)
+        catalogue = ItemCatalogue.load(folder, cfg)
+        generator = load_generator(folder, cfg, device)
         if not np.array_equal(generator.semantic_ids.codes, catalogue.semantic_ids.codes):
             log.warning("%s: the generator's semantic ids differ from the tokenizer's; using the generator's",
                         run_dir)
             catalogue = ItemCatalogue(catalogue.dataset, generator.semantic_ids, catalogue.learned_levels,
                                       catalogue.fusion)
-        evaluation = None
-        if read_manifest(run_dir / "evaluation") is not None:
-            evaluation = RunEvaluation.load(run_dir / "evaluation").results
-        log.info("loaded %s: %d items, %s generator, device %s", run_dir, len(catalogue),
+        evaluation = folder.evaluation().results if folder.has("evaluation") else None
+        log.info("loaded %s: %d items, %s generator, device %s", folder.seed_dir, len(catalogue),
                  cfg.generator.backbone, generator.device)
         return cls(catalogue, generator, cfg, evaluation, run_dir)
 
@@ -417,3 +357,18 @@ class Recommender:
         """The item's semantic id, its fusion weights, and the nearest items sharing a code prefix
         (longest shared prefix first, then closest RQ-VAE latent)."""
         return self.catalogue.explain(item, neighbours)
+
+
+# --- comparing two configurations -------------------------------------------------------------------
+
+
+def compare_runs(
+    run_a: Path | str, run_b: Path | str, metric: str = "NDCG@10", part: str = "test", subset: str = "all"
+) -> Comparison:
+    """Configuration A (one run folder) against B over their seeds and their users: a paired test across
+    seeds and one across users, and a verdict in words that says when the difference is within noise
+    (cemg.evaluation.seeds). A run made without `--seeds` counts as one seed, its config's."""
+    def per_seed(run: Path | str) -> dict[int, dict]:
+        return {seed: evaluation.results for seed, evaluation in seed_evaluations(run).items()}
+
+    return compare_seeds(per_seed(run_a), per_seed(run_b), metric, part, subset)

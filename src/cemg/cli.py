@@ -231,6 +231,24 @@ def _print_results(run, k_names: list[str] | None = None) -> None:
               + f"   {result.n_cold:,} of {result.n_users:,} users")
 
 
+def _print_spread(record: dict) -> None:
+    """Mean ± std over seeds of every metric (RUN_DIR/seeds.json), then the per-seed test values."""
+    results = record["results"]
+    names = list(results["test"]["all"])
+    print(f"over seeds {', '.join(map(str, record['seeds']))}: mean ± std")
+    print(f"{'':<16}" + "".join(f"{m:>18}" for m in names))
+    for part, entry in results.items():
+        for subset, label in (("all", "all"), ("cold_start", "cold")):
+            cells = []
+            for m in names:
+                value = entry[subset][m]
+                cells.append(f"{value['mean']:.4f}" + ("" if value["std"] is None else f" ± {value['std']:.4f}"))
+            print(f"{f'{part} ({label})':<16}" + "".join(f"{c:>18}" for c in cells))
+    for seed in record["seeds"]:
+        test = results["test"]["all"]
+        print(f"{f'test, seed {seed}':<16}" + "".join(f"{test[m]['per_seed'][str(seed)]:18.4f}" for m in names))
+
+
 def _print_stage_times(run) -> None:
     parts = []
     for stage, seconds in run.seconds.items():
@@ -244,14 +262,31 @@ def run(
     set_: Optional[list[str]] = SetOpt,
     until: str = typer.Option("evaluation", "--until", help="Last stage: data, features, collab, tokenizer, generator, evaluation."),
     force: Optional[list[str]] = typer.Option(None, "--force", help="Rebuild this stage even if up to date (repeatable)."),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="Comma-separated seeds, e.g. 42,43,44: data, features and LightGCN are built once "
+                              "(with the config's seed), the tokenizer, generator and evaluation once per seed; "
+                              "writes RUN_DIR/seeds.json (mean, std and per-seed values of every metric)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Run data -> encoders -> collab -> tokenizer -> generator -> evaluation, reusing cached stages."""
-    from cemg.pipeline import STAGES, run_pipeline
+    from cemg.pipeline import STAGES, parse_seeds, run_pipeline, run_seeds
 
     cfg = _config(config, set_, quiet)
     if until not in STAGES:
         raise UserError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    if seeds is not None:
+        try:
+            many = run_seeds(cfg, parse_seeds(seeds), stop_after=until, force=tuple(force or ()))
+        except ValueError as err:
+            raise UserError(f"--seeds: {err}") from None
+        for seed, result in many.runs.items():
+            print(f"seed {seed}: ", end="")
+            _print_stage_times(result)
+        if many.record is not None:
+            _print_spread(many.record)
+            print(f"seeds summary: {many.run_dir / 'seeds.json'}")
+        print(f"run directory: {many.run_dir}")
+        return
     result = run_pipeline(cfg, stop_after=until, force=tuple(force or ()))
     _print_stage_times(result)
     if "evaluation" in result.artifacts:
@@ -389,6 +424,55 @@ def serve(
     print(f"serving {run_dir} ({recommender.n_items:,} items) on http://{host}:{port}  ({how}; OpenAPI: /docs)")
     uvicorn.run(create_app(recommender, batching_cfg), host=host, port=port,
                 log_level="warning" if quiet else "info")
+
+
+@app.command("compare")
+def compare(
+    run_a: Path = typer.Argument(..., help="Run folder of configuration A (ideally made with --seeds)."),
+    run_b: Path = typer.Argument(..., help="Run folder of configuration B."),
+    metric: str = typer.Option("NDCG@10", "--metric", help="The metric the verdict is about (all are tabulated)."),
+    part: str = typer.Option("test", "--part", help="valid or test."),
+    out: Optional[Path] = typer.Option(None, "--json", help="Also write every comparison to this JSON file."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Compare two configurations over seeds (paired t-test) and users (paired by user); say when the
+    difference is within noise."""
+    import json
+
+    from cemg.artifacts import atomic_write_text
+    from cemg.evaluation.seeds import compare_seeds
+    from cemg.run_folder import seed_evaluations
+
+    _config(None, None, quiet)
+    if part not in ("valid", "test"):
+        raise UserError(f"--part {part!r}: choose valid or test")
+    try:
+        # Read once: cemg.api.compare_runs does the same for one metric.
+        a = {seed: e.results for seed, e in seed_evaluations(run_a).items()}
+        b = {seed: e.results for seed, e in seed_evaluations(run_b).items()}
+        names = list(next(iter(a.values()))[part].metrics)
+        if metric not in names:
+            raise UserError(f"--metric {metric!r}: choose one of {', '.join(names)}")
+        rows = [compare_seeds(a, b, name, part, subset) for subset in ("all", "cold_start") for name in names]
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(f"A: {run_a}\nB: {run_b}")
+    print(f"{part + ' ' + 'metric':<22}{'A':>18}{'B':>18}{'A - B':>9}{'p seeds':>9}{'p users':>9}  verdict")
+    for c in rows:
+        mean_std = lambda m, s: f"{m:.4f}" + ("" if s is None else f" ± {s:.4f}")  # noqa: E731
+        p_seeds = "-" if c.seed_test is None else f"{c.seed_test['pvalue']:.3g}"
+        p_users = "-" if c.user_test is None else f"{c.user_test['t_pvalue']:.3g}"
+        label = f"{c.metric}" + (" (cold)" if c.subset == "cold_start" else "")
+        print(f"{label:<22}{mean_std(c.mean_a, c.std_a):>18}{mean_std(c.mean_b, c.std_b):>18}{c.difference:+9.4f}"
+              f"{p_seeds:>9}{p_users:>9}  {c.label}")
+    main = next(c for c in rows if c.metric == metric and c.subset == "all")
+    print("\n" + main.verdict)
+    for note in main.notes:
+        print(f"  note: {note}")
+    if out is not None:
+        atomic_write_text(out, json.dumps({"run_a": str(run_a), "run_b": str(run_b),
+                                           "comparisons": [c.to_dict() for c in rows]}, indent=2))
+        print(f"comparisons: {out}")
 
 
 @app.command("report")

@@ -6,6 +6,11 @@ whose hash still matches and rebuilds from the first one that changed; artifacts
 atomically, so an interrupted stage is simply run again, and its training resumes from the last
 checkpoint in `run_dir/checkpoints/<stage>-<inputs hash>/` (removed once the artifact is written).
 
+With seeds (`run_seeds`, `cemg run --seeds 42,43,44`) the shared stages (data, features, collab) are
+built once with the config's seed and the seeded ones (tokenizer, generator, evaluation) once per
+seed, each re-seeded; where each seed's folders are is cemg.run_folder's business. Every seed's stages
+are cached and resumed exactly like a single run's.
+
 Under torchrun (cemg.distributed) every rank runs this function: rank 0 alone builds and writes the
 stages that do not scale out; the tokenizer and the generator train on every rank; the others wait
 at a barrier and load what rank 0 wrote, so all ranks go on with the same artifacts.
@@ -27,7 +32,12 @@ from cemg import distributed
 from cemg.artifacts import atomic_dir, atomic_write_text, fingerprint, is_fresh, read_manifest, write_manifest
 from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import CEMGConfig, resolve_device
-from cemg.evaluation.protocol import EvalResult, evaluate
+from cemg.evaluation.protocol import RunEvaluation, evaluate
+from cemg.run_folder import CONFIG_FILE, SEEDED_STAGES, SEEDS_FILE, SHARED_STAGES, STAGES, RunFolder, write_seeds
+
+# RunEvaluation, STAGES and CONFIG_FILE are imported from here by older scripts; they live in
+# cemg.evaluation.protocol and cemg.run_folder so that reading a run never needs the runner.
+__all__ = ["CONFIG_FILE", "STAGES", "RunEvaluation", "RunResult", "SeedsResult", "run_pipeline", "run_seeds"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,13 @@ class RunResult:
     hashes: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    folder: RunFolder | None = None  # where the stages are; default: the run of the config's seed
+    seed: int | None = None  # the seed of the seeded stages, when run by run_seeds
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        if self.folder is None:
+            self.folder = RunFolder(self.run_dir)
 
 
 def _data_source_digest(cfg: CEMGConfig) -> list[Any]:
@@ -52,10 +69,6 @@ def _data_source_digest(cfg: CEMGConfig) -> list[Any]:
             st = Path(path).stat()
             parts.append([str(path), st.st_size, int(st.st_mtime)])
     return parts
-
-
-def checkpoint_folder(run_dir: Path, stage: str, inputs_hash: str) -> Path:
-    return Path(run_dir) / "checkpoints" / f"{stage}-{inputs_hash}"
 
 
 def _stage(
@@ -70,7 +83,7 @@ def _stage(
 ) -> Any:
     """Load the stage's artifact when fresh, else build and write it. `parallel` stages are built
     by every rank under torchrun; the others by rank 0 alone."""
-    folder = result.run_dir / name
+    folder = result.folder.stage(name)
     result.hashes[name] = inputs_hash
     # Rank 0 decides: a slower rank checking after rank 0 wrote the folder would skip the barrier.
     if distributed.broadcast_object(not force and is_fresh(folder, inputs_hash)):
@@ -87,7 +100,7 @@ def _stage(
                 artifact.save(tmp)
                 write_manifest(tmp, name, inputs_hash, config, seconds=seconds)
             log.info("%s: built in %.1fs, wrote %s", name, seconds, folder)
-            checkpoints = checkpoint_folder(result.run_dir, name, inputs_hash)
+            checkpoints = result.folder.checkpoint(name, inputs_hash)
             shutil.rmtree(checkpoints, ignore_errors=True)
             if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
                 checkpoints.parent.rmdir()
@@ -99,33 +112,18 @@ def _stage(
     return artifact
 
 
-STAGES = ("data", "features", "collab", "tokenizer", "generator", "evaluation")
-# The whole config of the latest run_pipeline call, beside the stage folders: the manifests hold
-# only each stage's own section, and cemg.api / `cemg serve` / `cemg report` need the rest.
-CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class RunEvaluation:
-    """The evaluation stage's artifact: validation and test results of the trained generator."""
-
-    results: dict[str, EvalResult]
-
-    def save(self, folder: Path) -> None:
-        for part, result in self.results.items():
-            result.save(folder, part)
-
-    @classmethod
-    def load(cls, folder: Path) -> RunEvaluation:
-        return cls({part: EvalResult.load(folder, part) for part in ("valid", "test")})
-
-
-def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[str, ...] = ()) -> RunResult:
+def run_pipeline(
+    cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[str, ...] = (), seed: int | None = None
+) -> RunResult:
     """Run (or resume) every stage up to and including `stop_after`; return the artifacts.
 
     `force` names stages to rebuild even when their artifact is up to date (later stages follow,
     since their inputs' hashes change only when the content does: a forced rebuild with the same
     seed reproduces the same artifact and the rest is reused).
+
+    `seed` re-seeds the seeded stages (tokenizer, generator, evaluation) while the shared ones keep
+    `cfg.seed`; a seed other than `cfg.seed` writes its seeded stages to their own folder
+    (cemg.run_folder). Several seeds at once: `run_seeds`.
     """
     from cemg.data.dataset import InteractionDataset
     from cemg.data.load import load_dataset
@@ -135,15 +133,16 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
         raise ValueError(f"unknown stage {stop_after!r}; stages are {', '.join(STAGES)}")
     last = STAGES.index(stop_after)
     device = distributed.setup(resolve_device(cfg.device))
-    result = RunResult(Path(cfg.run_dir))
+    seed = cfg.seed if seed is None else int(seed)
+    result = RunResult(Path(cfg.run_dir), folder=RunFolder.of_seed(cfg.run_dir, seed, cfg.seed), seed=seed)
     dump = lambda section: section.model_dump(mode="json")  # noqa: E731
 
     def checkpoint(stage: str, inputs_hash: str, collective: bool = True) -> TrainingCheckpoint:
-        folder = checkpoint_folder(result.run_dir, stage, inputs_hash)
+        folder = result.folder.checkpoint(stage, inputs_hash)
         return TrainingCheckpoint(folder, cfg.checkpoint_seconds, collective)
 
     if distributed.is_main():
-        atomic_write_text(result.run_dir / CONFIG_FILE, yaml.safe_dump(dump(cfg), sort_keys=False))
+        atomic_write_text(result.folder.config_file, yaml.safe_dump(dump(cfg), sort_keys=False))
 
     h_data = fingerprint("data", dump(cfg.data), cfg.seed, _data_source_digest(cfg))
     dataset = _stage(
@@ -181,6 +180,9 @@ def run_pipeline(cfg: CEMGConfig, stop_after: str = "evaluation", force: tuple[s
         )
     if last <= STAGES.index("collab"):
         return result
+    # From here on every stage is seeded: it reads cfg.seed, which is now this run's seed (the
+    # shared stages above, and config.yaml, keep the config's own).
+    cfg = cfg.model_copy(update={"seed": seed})
 
     from cemg.tokenizer.build import TokenizerArtifact, build_tokenizer
 
@@ -226,3 +228,58 @@ def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str, checkpoi
 
     return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
                            checkpoint=checkpoint)[0]
+
+
+@dataclass
+class SeedsResult:
+    """What `run_seeds` produced: one RunResult per seed (sharing the shared stages) and, when every
+    seed was evaluated, the record written to RUN_DIR/seeds.json."""
+
+    run_dir: Path
+    runs: dict[int, RunResult]
+    record: dict | None = None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`42,43,44` -> [42, 43, 44]; ValueError naming the bad part."""
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"seeds {text!r}: {part!r} is not an integer (expected e.g. 42,43,44)") from None
+    return seeds
+
+
+def run_seeds(
+    cfg: CEMGConfig, seeds: list[int], stop_after: str = "evaluation", force: tuple[str, ...] = ()
+) -> SeedsResult:
+    """Run the seeded stages once per seed, sharing the stages built with `cfg.seed` (see the module
+    docstring); after the evaluation of every seed, write RUN_DIR/seeds.json (cemg.run_folder) with
+    every metric's mean, standard deviation and per-seed values."""
+    from cemg.evaluation.seeds import spread
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds}: a seed is repeated")
+    if stop_after not in STAGES:
+        raise ValueError(f"unknown stage {stop_after!r}; stages are {', '.join(STAGES)}")
+    if stop_after in SHARED_STAGES:
+        raise ValueError(f"seeds change only the {', '.join(SEEDED_STAGES)} stages; "
+                         f"stopping after {stop_after!r} would run none of them")
+    runs: dict[int, RunResult] = {}
+    for i, seed in enumerate(seeds):
+        log.info("seed %d (%d of %d)", seed, i + 1, len(seeds))
+        # A forced shared stage is rebuilt once, with the first seed; the seeded ones for every seed.
+        forced = tuple(stage for stage in force if i == 0 or stage in SEEDED_STAGES)
+        runs[seed] = run_pipeline(cfg, stop_after, forced, seed=seed)
+    out = SeedsResult(Path(cfg.run_dir), runs)
+    if stop_after == "evaluation" and distributed.is_main():
+        results = spread({seed: run.artifacts["evaluation"].results for seed, run in runs.items()})
+        out.record = write_seeds(cfg.run_dir, cfg.seed, {seed: run.folder for seed, run in runs.items()},
+                                 {seed: run.hashes for seed, run in runs.items()}, results)
+        log.info("seeds %s: wrote %s", ", ".join(map(str, seeds)), Path(cfg.run_dir) / SEEDS_FILE)
+    return out

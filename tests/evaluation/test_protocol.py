@@ -10,7 +10,7 @@ from cemg.config import EvalConfig
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.evaluation.metrics import NOT_RANKED
-from cemg.evaluation.protocol import evaluate, paired_test, prior_items
+from cemg.evaluation.protocol import EvalResult, RunEvaluation, evaluate, paired_test, prior_items
 
 # user 0: train [0 1 2], valid target 3, test target 4
 # user 1: train [1],     valid target 2, test target 5
@@ -105,6 +105,21 @@ def test_per_user_ranks_round_trip_through_save(split, tmp_path):
     summary = json.loads((tmp_path / "run" / "test.json").read_text())
     assert summary["metrics"]["HR@5"] == pytest.approx(1 / 3)
     assert summary["n_users"] == 3 and summary["part"] == "test"
+
+
+def test_cold_start_flags_are_saved_with_the_ranks_and_old_files_still_load(split, tmp_path):
+    # valid targets 3, 2, 1 have 1, 2, 2 training interactions: only the first is cold at <= 1
+    result = evaluate(AscendingIds(6), split, "valid", EvalConfig(ks=[5], cold_start_max_train=1))
+    result.save(tmp_path, "valid")
+    loaded = EvalResult.load(tmp_path, "valid")
+    assert loaded.cold.tolist() == [True, False, False] and loaded.n_cold == 1
+    np.savez(tmp_path / "valid.per_user.npz", users=result.users, ranks=result.ranks)  # as older versions wrote
+    assert EvalResult.load(tmp_path, "valid").cold is None
+
+
+def test_run_evaluation_names_the_folder_it_cannot_read(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no valid.json, test.json"):
+        RunEvaluation.load(tmp_path)
 
 
 def test_paired_test_by_hand():

@@ -125,13 +125,19 @@ def test_an_old_run_config_with_dropped_and_missing_keys_still_reports(tiny_run,
     run = tmp_path / "old"
     shutil.copytree(tiny_run, run)
     text = (run / "config.yaml").read_text()
-    # an older version: a generator key since dropped, and no `decoding` (a field added later)
-    text = re.sub(r"\n  decoding: \w+", "", text).replace("generator:\n", "generator:\n  old_knob: 3\n", 1)
+    # an older version: a generator key since dropped, and no `decoding` (a field added later), at
+    # whatever depth of the generator section it lives
+    text = re.sub(r"\n +decoding: \w+", "", text).replace("generator:\n", "generator:\n  old_knob: 3\n", 1)
     (run / "config.yaml").write_text(text)
     manifest = json.loads((run / "generator" / "manifest.json").read_text())
-    manifest["config"].pop("decoding")
+
+    def drop_decoding(section: dict) -> int:
+        dropped = int(section.pop("decoding", None) is not None)
+        return dropped + sum(drop_decoding(v) for v in section.values() if isinstance(v, dict))
+
+    assert drop_decoding(manifest["config"]) == 1
     (run / "generator" / "manifest.json").write_text(json.dumps(manifest))
-    with caplog.at_level("WARNING", logger="cemg.api"):
+    with caplog.at_level("WARNING", logger="cemg.run_folder"):
         files = write_report(run, tmp_path / "r", n_examples=1, k=3)
     assert "old_knob" in caplog.text
     assert "built with other generator settings" not in caplog.text

@@ -39,6 +39,9 @@ class EvalResult:
     ranks: np.ndarray  # per user: 0-based rank of the target, NOT_RANKED when outside the list
     seconds: float
     extra: dict = field(default_factory=dict)
+    # Per user: the target is a cold-start item. Saved with the ranks so a paired test can be run on
+    # the cold subset without the dataset; None for results saved before it was kept.
+    cold: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -52,18 +55,21 @@ class EvalResult:
         }
 
     def save(self, folder: Path, name: str) -> None:
-        """`name.json` (summary) and `name.per_user.npz` (users, ranks) for paired tests."""
+        """`name.json` (summary) and `name.per_user.npz` (users, ranks, cold) for paired tests."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_file(folder / f"{name}.per_user.npz") as fh:
-            np.savez_compressed(fh, users=self.users, ranks=self.ranks)
+        arrays = {"users": self.users, "ranks": self.ranks}
+        if self.cold is not None:
+            arrays["cold"] = self.cold
+        with atomic_file(per_user_file(folder, name)) as fh:
+            np.savez_compressed(fh, **arrays)
         atomic_write_text(folder / f"{name}.json", json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, folder: Path, name: str) -> EvalResult:
         folder = Path(folder)
         summary = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-        arrays = np.load(folder / f"{name}.per_user.npz")
+        arrays = np.load(per_user_file(folder, name))
         known = {"part", "metrics", "cold_start", "n_users", "n_cold_start_users", "eval_seconds"}
         return cls(
             part=summary["part"],
@@ -75,7 +81,35 @@ class EvalResult:
             ranks=arrays["ranks"],
             seconds=summary["eval_seconds"],
             extra={k: v for k, v in summary.items() if k not in known},
+            cold=arrays["cold"] if "cold" in arrays.files else None,
         )
+
+
+def per_user_file(folder: Path, name: str) -> Path:
+    """Where `EvalResult.save` keeps the per-user ranks of `name` (a part: valid, test)."""
+    return Path(folder) / f"{name}.per_user.npz"
+
+
+PARTS = ("valid", "test")
+
+
+@dataclass
+class RunEvaluation:
+    """The evaluation stage's artifact: validation and test results of the trained generator."""
+
+    results: dict[str, EvalResult]
+
+    def save(self, folder: Path) -> None:
+        for part, result in self.results.items():
+            result.save(folder, part)
+
+    @classmethod
+    def load(cls, folder: Path) -> RunEvaluation:
+        missing = [part for part in PARTS if not (Path(folder) / f"{part}.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: no {', '.join(f'{p}.json' for p in missing)}; "
+                                    "is this an evaluation stage folder?")
+        return cls({part: EvalResult.load(folder, part) for part in PARTS})
 
 
 def prior_items(split: SplitDataset, part: str) -> list[np.ndarray]:
@@ -116,6 +150,7 @@ def evaluate(
         users=examples.users,
         ranks=ranks,
         seconds=seconds,
+        cold=cold,
     )
 
 

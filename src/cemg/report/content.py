@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from cemg.api import FusionView, Recommender, compute_fusion_view, load_run_config
-from cemg.artifacts import read_manifest
+from cemg.api import FusionView, Recommender, compute_fusion_view
 from cemg.config import CEMGConfig
 from cemg.data.dataset import InteractionDataset
 from cemg.data.split import leave_one_out
-from cemg.pipeline import STAGES, RunEvaluation
+from cemg.run_folder import RunFolder, load_run_config, read_seeds
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,10 @@ class RunContent:
     examples_note: str = ""
     image_root: Path | None = None  # where the item images were found, None when nowhere
     image_note: str = ""  # why items are shown without pictures (dataset without images, root not found)
+    # RUN_DIR/seeds.json of a run made with `--seeds` (spread of every metric); None otherwise.
+    seeds: dict[str, Any] | None = None
+    # The seed whose tokenizer, generator and evaluation the report shows (the other sections are shared).
+    seed_shown: int | None = None
 
     @property
     def paper(self) -> dict[str, float] | None:
@@ -186,10 +189,13 @@ def collect(run_dir: Path | str, n_examples: int = 3, k: int = 5, history_shown:
     """Everything the report shows, from the artifacts present in `run_dir`."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    stages = {stage: read_manifest(run_dir / stage) is not None for stage in STAGES}
+    folder = RunFolder.open(run_dir)
+    stages = folder.stages()
     content = RunContent(run_dir, cfg, stages)
+    content.seeds = read_seeds(run_dir)
+    content.seed_shown = cfg.seed if folder.seed is None else folder.seed
     if stages["data"]:
-        dataset = InteractionDataset.load(run_dir / "data")
+        dataset = InteractionDataset.load(folder.stage("data"))
         content.dataset = dataset
         content.sequence_lengths = np.array([len(s) for s in dataset.sequences])
         flat = np.concatenate(dataset.sequences) if dataset.sequences else np.zeros(0, np.int64)
@@ -202,25 +208,25 @@ def collect(run_dir: Path | str, n_examples: int = 3, k: int = 5, history_shown:
         content.image_root = _image_root(dataset, run_dir)
         content.image_note = _image_note(dataset, content.image_root)
     if stages["features"]:
-        info = (_json(run_dir / "features" / "features.json") or {}).get("info", {})
+        info = (_json(folder.stage("features") / "features.json") or {}).get("info", {})
         for name in ("text", "image"):
             if "present" in info.get(name, {}):
                 content.modality_counts[f"{name}_encoded"] = int(info[name]["present"])
     if stages["collab"]:
-        content.collab_info = _json(run_dir / "collab" / "collab.json")
+        content.collab_info = _json(folder.stage("collab") / "collab.json")
     if stages["tokenizer"]:
         from cemg.tokenizer.semantic_ids import SemanticIds
 
-        content.tokenizer_report = _json(run_dir / "tokenizer" / "report.json")
-        content.codes = SemanticIds.load(run_dir / "tokenizer" / "semantic_ids").codes
-        content.fusion = compute_fusion_view(run_dir)
+        content.tokenizer_report = _json(folder.stage("tokenizer") / "report.json")
+        content.codes = SemanticIds.load(folder.stage("tokenizer") / "semantic_ids").codes
+        content.fusion = compute_fusion_view(folder)
     if stages["generator"]:
-        content.generator_info = _generator_info(run_dir / "generator")
+        content.generator_info = _generator_info(folder.stage("generator"))
     if stages["evaluation"]:
-        content.evaluation = RunEvaluation.load(run_dir / "evaluation").results
+        content.evaluation = folder.evaluation().results
     if stages["generator"] and stages["tokenizer"] and n_examples > 0:
-        content.examples = _examples(Recommender.load(run_dir, device=device), content.image_root, n_examples, k,
-                                     history_shown)
+        content.examples = _examples(Recommender.load(run_dir, device=device, seed=content.seed_shown),
+                                     content.image_root, n_examples, k, history_shown)
     else:
         content.examples_note = "No trained generator in this run: run `cemg run` to the end."
     return content

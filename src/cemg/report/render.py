@@ -208,7 +208,42 @@ def _results(c: RunContent) -> Section:
     else:
         blocks.append(f"The paper reports no results on {c.config.data.name!r}, so there is nothing to compare with.")
     blocks.insert(1, Table(["split", *names], rows))
+    if c.seeds:
+        blocks += _seed_spread(c, names)
     return Section("Results", blocks)
+
+
+def _seed_spread(c: RunContent, names: list[str]) -> list[Block]:
+    """Mean ± std over the seeds of a run made with `--seeds`, then every seed's test values."""
+    record = c.seeds or {}
+    seeds = [str(s) for s in record["seeds"]]
+    results = record["results"]
+    subsets = (("all", "all users"), ("cold_start", "cold start"))
+
+    def cell(entry: dict) -> str:
+        return _f(entry["mean"]) + ("" if entry["std"] is None else f" ± {_f(entry['std'])}")
+
+    spread_rows = []
+    for part, entry in results.items():
+        for subset, label in subsets:
+            spread_rows.append([f"{part}, {label}"] + [cell(entry[subset][m]) if m in entry[subset] else ""
+                                                      for m in names])
+    seed_rows = []
+    test = results.get("test", {})
+    for subset, label in subsets:
+        for seed in seeds:
+            seed_rows.append([f"seed {seed}, test, {label}"]
+                             + [_f(test[subset][m]["per_seed"][seed]) if m in test.get(subset, {}) else ""
+                                for m in names])
+    return [
+        f"Over {len(seeds)} seeds ({', '.join(seeds)}): the data, features and LightGCN are shared (seed "
+        f"{record['config_seed']}); the tokenizer, generator and evaluation were re-run per seed. The table above and "
+        f"the other sections show seed {c.seed_shown}. Mean ± sample standard deviation over the seeds:",
+        Table(["split (over seeds)", *names], spread_rows),
+        "Every seed's test values (per-user ranks for paired tests are listed in seeds.json; compare two runs "
+        "with `cemg compare RUN_A RUN_B`):",
+        Table(["seed", *names], seed_rows),
+    ]
 
 
 def _examples(c: RunContent) -> Section:
