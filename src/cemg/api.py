@@ -169,7 +169,12 @@ class ItemCatalogue:
                 raise FileNotFoundError(f"{folder.stage(stage)}: stage missing; run `cemg run` for this config first")
         dataset = InteractionDataset.load(folder.stage("data"))
         ids = SemanticIds.load(folder.stage("tokenizer") / "semantic_ids")
-        return cls(dataset, ids, min(cfg.tokenizer.levels, ids.levels), compute_fusion_view(folder))
+        learned = min(cfg.tokenizer.levels, ids.levels)
+        if cfg.tokenizer.ids_file is not None:  # published ids have their own level count, not the config's
+            import json
+
+            learned = len(json.loads((folder.stage("tokenizer") / "report.json").read_text(encoding="utf-8"))["levels"])
+        return cls(dataset, ids, learned, compute_fusion_view(folder))
 
     def __len__(self) -> int:
         return self.dataset.n_items

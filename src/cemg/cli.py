@@ -19,6 +19,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 app = typer.Typer(help="CEMG: collaborative-enhanced multimodal generative recommendation.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: statistics, download.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+ids_app = typer.Typer(help="Semantic ids in the LC-Rec / LETTER index.json format: export, check.",
+                      no_args_is_help=True)
+app.add_typer(ids_app, name="ids")
 console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
@@ -166,16 +169,95 @@ def tokenize(
     except ValueError as err:
         raise UserError(str(err)) from None
     report = result.artifacts["tokenizer"].report
+    if "source" in report:
+        print(f"semantic ids read from {report['source']['ids_file']} (tokenizer.ids_file); nothing trained")
     for level in report["levels"]:
-        print(f"level {level['level']}: {level['used_codes']}/{cfg.tokenizer.codebook_size} codes used, "
-              f"perplexity {level['perplexity']:.1f}, relative latent error {level['relative_latent_error']:.3f}")
+        error = level.get("relative_latent_error")  # absent for ids read from a file
+        size = report["semantic_ids"]["codebook_sizes"][level["level"] - 1]
+        print(f"level {level['level']}: {level['used_codes']}/{size} codes used, perplexity {level['perplexity']:.1f}"
+              + ("" if error is None else f", relative latent error {error:.3f}"))
     col = report["collisions"]
     print(f"collisions before the fix: {100 * col['rate_before_fix']:.2f}% of items "
           f"(largest group {col['max_group_size']}); ids have {report['semantic_ids']['levels']} levels")
-    if "mean_alpha_text" in report["alphas"]:
+    if "mean_alpha_text" in report.get("alphas", {}):
         print(f"mean alpha: image {report['alphas']['mean_alpha_image']:.3f}, text {report['alphas']['mean_alpha_text']:.3f}")
     _print_stage_times(result)
     print(f"tokenizer: {report['n_items']:,} items in {result.run_dir / 'tokenizer'}")
+
+
+# --- semantic ids in and out (LC-Rec / LETTER index.json) ------------------------------------
+
+
+@ids_app.command("export")
+def ids_export(
+    run_dir: Path = typer.Argument(..., help="A run folder with a tokenizer stage (e.g. runs/beauty)."),
+    out: Path = typer.Option(..., "--out", "-o", help="index.json file to write (gzip-compressed if it ends in .gz)."),
+    item_keys: bool = typer.Option(False, "--item-keys",
+                                   help="Key items by their dataset keys instead of their index 0..n-1 (the format's "
+                                        "convention, which LC-Rec and LETTER read)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="The ids of this seed of a `cemg run --seeds` run "
+                                                            "(default: the config's seed)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write a run's semantic ids as an LC-Rec / LETTER index.json file: {"0": ["<a_12>", "<b_3>", ...], ...}."""
+    from cemg.data.dataset import InteractionDataset
+    from cemg.run_folder import RunFolder
+    from cemg.tokenizer.build import IDS_DIR
+    from cemg.tokenizer.index_json import write_index_json
+    from cemg.tokenizer.semantic_ids import SemanticIds
+
+    _config(None, None, quiet)
+    run = RunFolder.open(run_dir, seed)
+    folder = run.stage("tokenizer") / IDS_DIR
+    if not folder.is_dir():
+        raise UserError(f"{run.stage('tokenizer')}: no semantic ids; run `cemg tokenize` for this run first")
+    ids = SemanticIds.load(folder)
+    keys = None
+    if run.has("data"):
+        keys = InteractionDataset.load(run.stage("data")).items.keys
+    elif item_keys:
+        raise UserError(f"{run.stage('data')}: missing, so --item-keys has no keys to write")
+    write_index_json(ids, out, keys if item_keys else None)
+    print(f"wrote {ids.n_items:,} items x {ids.levels} levels (codebook sizes {ids.codebook_sizes}) to {out}")
+    if keys is not None and not item_keys:
+        print(f"key k is item k of {run.stage('data')}: key 0 = item {keys[0]!r}, "
+              f"key {len(keys) - 1} = item {keys[-1]!r}")
+
+
+@ids_app.command("check")
+def ids_check(
+    file: Path = typer.Argument(..., help="An index.json file (.gz allowed)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Read an index.json file: items, levels, codebook sizes, collisions.
+
+    With --config, map it onto that dataset's items as `tokenizer.ids_file` does (key k = item k).
+    """
+    from cemg.tokenizer.index_json import read_index_entries, read_index_json
+
+    cfg = _config(config, set_, quiet)
+    if config is None:
+        keys = list(read_index_entries(file))
+        ids, report = read_index_json(file, keys, key_map={k: k for k in keys})
+    else:
+        from cemg.data.load import load_dataset
+
+        keys = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir).items.keys
+        ids, report = read_index_json(file, keys)
+    learned = len(report["levels"])
+    print(f"{file}: {report['source']['entries']:,} entries, {learned} levels, "
+          f"codebook sizes {report['semantic_ids']['codebook_sizes'][:learned]}")
+    for level in report["levels"]:
+        print(f"level {level['level']}: {level['used_codes']} codes used, perplexity {level['perplexity']:.1f}")
+    col = report["collisions"]
+    fix = f"-> a disambiguation level of {ids.codebook_sizes[-1]} codes" if col["extra_level"] else "-> no extra level"
+    print(f"collisions: {col['colliding_items']:,} items in {col['groups']:,} groups share all codes "
+          f"(largest group {col['max_group_size']}) {fix}")
+    if config is not None:
+        print(f"mapped onto the {len(keys):,} items of {cfg.data.name}: key 0 = item {keys[0]!r}, "
+              f"key {len(keys) - 1} = item {keys[-1]!r}")
 
 
 # --- baselines --------------------------------------------------------------------------------

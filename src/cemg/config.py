@@ -123,6 +123,10 @@ class TokenizerConfig(_Section):
     # invariant; "absolute" the vector-quantize-pytorch form softmax(-T * d).
     diversity_form: Literal["relative", "absolute"] = "relative"
     diversity_temperature: float = 0.3  # bench/tokenizer_sweep.py: 0.3 beat 1.0 and 0.1
+    # Published semantic ids instead of trained ones: an LC-Rec / LETTER index.json file whose key k
+    # is the dataset's item k (src/cemg/tokenizer/index_json.py). The stage then trains nothing and
+    # every other tokenizer setting is unused; the file's content enters the stage's input hash.
+    ids_file: Path | None = None
 
 
 class GeneratorConfig(_Section):

@@ -186,10 +186,25 @@ def run_pipeline(
 
     from cemg.tokenizer.build import TokenizerArtifact, build_tokenizer
 
-    h_tok = fingerprint("tokenizer", h_feat, h_collab, dump(cfg.tokenizer), cfg.seed)
+    if cfg.tokenizer.ids_file is not None:
+        # Published ids (LC-Rec / LETTER index.json): read, not trained, so only the item list and
+        # the file's content decide them.
+        from cemg.artifacts import file_digest
+        from cemg.tokenizer.index_json import tokenizer_from_index_json
+
+        ids_file = Path(cfg.tokenizer.ids_file)
+        if not ids_file.is_file():
+            raise FileNotFoundError(f"tokenizer.ids_file: {ids_file} not found")
+        h_tok = fingerprint("tokenizer", h_data, "ids_file", file_digest(ids_file))
+        build_tok = lambda: tokenizer_from_index_json(ids_file, dataset.items.keys)  # noqa: E731
+    else:
+        # ids_file left out: adding the option must not invalidate the tokenizers already trained.
+        tok_section = cfg.tokenizer.model_dump(mode="json", exclude={"ids_file"})
+        h_tok = fingerprint("tokenizer", h_feat, h_collab, tok_section, cfg.seed)
+        build_tok = lambda: build_tokenizer(  # noqa: E731
+            features, collab, cfg.tokenizer, cfg.seed, device, checkpoint("tokenizer", h_tok))
     tokenizer = _stage(
-        result, "tokenizer", h_tok,
-        lambda: build_tokenizer(features, collab, cfg.tokenizer, cfg.seed, device, checkpoint("tokenizer", h_tok)),
+        result, "tokenizer", h_tok, build_tok,
         TokenizerArtifact.load, dump(cfg.tokenizer), "tokenizer" in force, parallel=True,
     )
     if last <= STAGES.index("tokenizer"):

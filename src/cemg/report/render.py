@@ -74,8 +74,13 @@ def _overview(c: RunContent) -> Section:
         ids = c.tokenizer_report["semantic_ids"]
         learned = len(c.tokenizer_report["levels"])
         extra = " + 1 disambiguation level" if ids["levels"] > learned else ""
-        rows.append(["semantic ids", f"{learned} levels x {cfg.tokenizer.codebook_size} codes{extra} "
-                                     f"(modalities: {', '.join(c.tokenizer_report['inputs']['modalities'])})"])
+        if "source" in c.tokenizer_report:  # published ids (tokenizer.ids_file): nothing was trained
+            sizes = sorted(set(ids["codebook_sizes"][:learned]))
+            rows.append(["semantic ids", f"{learned} levels x {'/'.join(map(str, sizes))} codes{extra} "
+                                         f"(read from {c.tokenizer_report['source']['ids_file']})"])
+        else:
+            rows.append(["semantic ids", f"{learned} levels x {cfg.tokenizer.codebook_size} codes{extra} "
+                                         f"(modalities: {', '.join(c.tokenizer_report['inputs']['modalities'])})"])
     if c.generator_info:
         g = c.generator_info
         rows.append(["generator", f"{g['kind']} ({g.get('n_parameters', 0):,} parameters, beam {cfg.generator.beams})"])
@@ -111,7 +116,9 @@ def _training(c: RunContent) -> Section:
         blocks.append(f"LightGCN: {i.get('epochs_run', '?')} epochs, best valid Recall@{i.get('k', 20)} "
                       f"{_f(i.get('best_valid_recall', float('nan')))} at epoch {i.get('best_epoch', '?')} "
                       f"(popularity {_f(i.get('pop_valid_recall', float('nan')))}).")
-    if c.tokenizer_report:
+    if c.tokenizer_report and "source" in c.tokenizer_report:
+        blocks.append(f"Tokenizer: not trained; semantic ids read from {c.tokenizer_report['source']['ids_file']}.")
+    elif c.tokenizer_report:
         t = c.tokenizer_report["training"]
         blocks.append(f"Tokenizer (fusion + RQ-VAE): {t['epochs']} epochs, {t['steps']:,} steps, {t['seconds']:.1f} s; "
                       f"final reconstruction MSE {_f(c.tokenizer_report['reconstruction']['mse'])}.")
@@ -137,7 +144,8 @@ def _codebooks(c: RunContent) -> Section:
         return Section("Codebook utilisation", ["The tokenizer stage is missing."])
     rows = []
     for lvl in r["levels"]:
-        rows.append([str(lvl["level"]), f"{lvl['used_codes']}/{c.config.tokenizer.codebook_size}",
+        size = r["semantic_ids"]["codebook_sizes"][lvl["level"] - 1]
+        rows.append([str(lvl["level"]), f"{lvl['used_codes']}/{size}",
                      f"{100 * lvl['utilisation']:.1f}%", f"{lvl['perplexity']:.1f}",
                      f"{100 * lvl['prefix_shared_rate']:.1f}%", _f(lvl.get("relative_latent_error", float("nan")), 3)])
     col = r["collisions"]
@@ -155,6 +163,9 @@ def _codebooks(c: RunContent) -> Section:
 
 def _fusion(c: RunContent) -> Section:
     f = c.fusion
+    if f is None and c.tokenizer_report and "source" in c.tokenizer_report:
+        return Section("Fusion attention", [f"No fusion layer: the semantic ids were read from "
+                                            f"{c.tokenizer_report['source']['ids_file']} (tokenizer.ids_file)."])
     if f is None:
         return Section("Fusion attention", ["The fusion weights cannot be rebuilt: the run lacks the tokenizer "
                                             "model, the features or the collaborative embeddings."])

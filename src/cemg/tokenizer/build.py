@@ -252,12 +252,13 @@ def make_unique(codes: np.ndarray, codebook_size: int | list[int]) -> tuple[Sema
     return SemanticIds(np.concatenate([codes, rank[:, None]], axis=1), [*sizes, int(counts.max())]), stats
 
 
-def level_stats(codes: np.ndarray, codebook_size: int) -> list[dict[str, float]]:
+def level_stats(codes: np.ndarray, codebook_size: int | list[int]) -> list[dict[str, float]]:
     """Per level: share of the codebook in use, perplexity of code usage, and the share of items
     whose prefix up to that level is shared with another item."""
+    sizes = [codebook_size] * codes.shape[1] if isinstance(codebook_size, int) else list(codebook_size)
     out = []
     for level in range(codes.shape[1]):
-        counts = np.bincount(codes[:, level], minlength=codebook_size)
+        counts = np.bincount(codes[:, level], minlength=sizes[level])
         p = counts[counts > 0] / counts.sum()
         _, prefix_counts_inv, prefix_counts = np.unique(
             codes[:, : level + 1], axis=0, return_inverse=True, return_counts=True
@@ -305,7 +306,10 @@ def alpha_summary(alphas: np.ndarray, image_mask: np.ndarray | None, text_mask: 
 class TokenizerArtifact:
     semantic_ids: SemanticIds
     report: dict[str, Any]
-    model_state: dict[str, Any]  # {"init_args", "scales", "state_dict"}: enough to rebuild the model
+    # {"init_args", "scales", "state_dict"}: enough to rebuild the model. None when the ids were read
+    # from a file (tokenizer.ids_file, cemg.tokenizer.index_json): then there is no model.pt and the
+    # report's "source" names the file.
+    model_state: dict[str, Any] | None
 
     def save(self, folder: Path) -> None:
         import json
@@ -314,7 +318,8 @@ class TokenizerArtifact:
         folder.mkdir(parents=True, exist_ok=True)
         self.semantic_ids.save(folder / IDS_DIR)
         (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=2), encoding="utf-8")
-        torch.save(self.model_state, folder / MODEL_FILE)
+        if self.model_state is not None:
+            torch.save(self.model_state, folder / MODEL_FILE)
 
     @classmethod
     def load(cls, folder: Path) -> TokenizerArtifact:
@@ -322,10 +327,16 @@ class TokenizerArtifact:
 
         folder = Path(folder)
         report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
-        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        state = None
+        if (folder / MODEL_FILE).is_file() or "source" not in report:
+            state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
         return cls(SemanticIds.load(folder / IDS_DIR), report, state)
 
     def model(self) -> TokenizerModel:
+        if self.model_state is None:
+            source = self.report.get("source", {}).get("ids_file", "a file")
+            raise ValueError(f"this tokenizer has no fusion layer or RQ-VAE to run: its semantic ids were read from "
+                             f"{source} (tokenizer.ids_file), not trained")
         model = TokenizerModel(**self.model_state["init_args"])
         # The codebooks are k-means-initialised buffers; loading marks them initialised already.
         model.load_state_dict(self.model_state["state_dict"])
