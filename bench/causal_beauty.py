@@ -5,7 +5,7 @@ Run from the repository root (configs/beauty.yaml reads ../shared/data):
     python bench/causal_beauty.py --ids kmeans --threads 2               # quick: residual k-means ids
     python bench/causal_beauty.py --ids rqvae --threads 2                # the tokenizer's RQ-VAE ids (text)
     python bench/causal_beauty.py --ids rqvae-collab --threads 2         # ... text + LightGCN
-    python bench/causal_beauty.py --ids kmeans --name no-item-id generator.causal_use_item_id=false
+    python bench/causal_beauty.py --ids kmeans --name no-item-id generator.mode=semantic
     python bench/causal_beauty.py --name sweep --beam-sweep runs/beauty-causal/model-final --beams 10 20 50
 
 Semantic ids come from the Beauty text features (`cemg encode --config configs/beauty.yaml
@@ -128,7 +128,7 @@ def beam_sweep(folder: Path, split: SplitDataset, cfg: CEMGConfig, beams: list[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. generator.causal_hidden=128")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. generator.causal.hidden=128")
     parser.add_argument("--config", default="configs/beauty.yaml")
     parser.add_argument("--ids", choices=["kmeans", "rqvae", "rqvae-collab"], default="kmeans")
     parser.add_argument("--features", type=Path, default=Path("runs/beauty-features/features"))

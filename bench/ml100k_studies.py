@@ -72,7 +72,7 @@ ABLATIONS: dict[str, list[str]] = {
     "w/o collab": ["tokenizer.use_collab=false"],
     "w/o image": ["tokenizer.use_image=false"],
     "w/o text": ["tokenizer.use_text=false"],
-    "large generator": ["generator.causal_hidden=128", "generator.causal_layers=4", "generator.causal_heads=4"],
+    "large generator": ["generator.causal.hidden=128", "generator.causal.layers=4", "generator.causal.heads=4"],
 }
 # Figure 4: the paper's grids for M and K; beta and gamma around our defaults (1.0, 0.1).
 SENSITIVITY: dict[str, tuple[str, list[Any]]] = {
@@ -84,11 +84,11 @@ SENSITIVITY: dict[str, tuple[str, list[Any]]] = {
 # Generator candidates for configs/ml100k.yaml, scored on validation only (`tune`). Beauty's
 # defaults (batch 256) give ML-100K's 943 training windows just 4 steps per epoch.
 _PROTOCOL = ["generator.backbone=causal", "generator.eval_every=2", "generator.patience=5",
-             "generator.valid_users=null", "generator.causal_epochs=60"]
+             "generator.valid_users=null", "generator.causal.epochs=60"]
 TUNE: dict[str, list[str]] = {
-    "batch 128, codebook softmax": [*_PROTOCOL, "generator.batch_size=128", "generator.causal_trie_softmax=false"],
-    "batch 128, trie softmax": [*_PROTOCOL, "generator.batch_size=128", "generator.causal_trie_softmax=true"],
-    "batch 256, codebook softmax": [*_PROTOCOL, "generator.batch_size=256", "generator.causal_trie_softmax=false"],
+    "batch 128, codebook softmax": [*_PROTOCOL, "generator.batch_size=128", "generator.causal.trie_softmax=false"],
+    "batch 128, trie softmax": [*_PROTOCOL, "generator.batch_size=128", "generator.causal.trie_softmax=true"],
+    "batch 256, codebook softmax": [*_PROTOCOL, "generator.batch_size=256", "generator.causal.trie_softmax=false"],
 }
 
 

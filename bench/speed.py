@@ -86,8 +86,8 @@ REFERENCE = "t5-tiny"
 # name -> config overrides; the first is the reference the ratios divide by.
 VARIANTS: dict[str, list[str]] = {
     REFERENCE: ["generator.backbone=t5-tiny"],
-    "causal-gpt2": ["generator.backbone=causal", "generator.causal_backbone=gpt2"],
-    "causal-llama": ["generator.backbone=causal", "generator.causal_backbone=llama"],
+    "causal-gpt2": ["generator.backbone=causal", "generator.causal.backbone=gpt2"],
+    "causal-llama": ["generator.backbone=causal", "generator.causal.backbone=llama"],
 }
 
 
@@ -136,7 +136,7 @@ def t5_trainee(split: SplitDataset, ids: SemanticIds, cfg: GeneratorConfig, seed
                     labels=torch.from_numpy(labels))
         return out.loss, len(rows)
 
-    return Trainee(model, rec, cfg.lr,
+    return Trainee(model, rec, cfg.t5.lr,
                    lambda rng: length_bucketed_batches(examples.history_lengths, cfg.batch_size, rng), loss)
 
 
@@ -154,7 +154,7 @@ def causal_trainee(split: SplitDataset, ids: SemanticIds, cfg: GeneratorConfig, 
         keep = y >= 0
         return rec.model.loss(rec.model.encode(x)[keep], y[keep], rec.tree), int(keep.sum())
 
-    return Trainee(rec.model, rec, cfg.causal_lr,
+    return Trainee(rec.model, rec, cfg.causal.lr,
                    lambda rng: length_sorted_batches(lengths, cfg.batch_size, rng), loss)
 
 

@@ -35,7 +35,7 @@ TINY_RUN_OVERRIDES = [
     "features.dim=8", "collab.dim=8", "collab.epochs=2", "collab.eval_every=1",
     "tokenizer.levels=2", "tokenizer.codebook_size=8", "tokenizer.epochs=3", "tokenizer.batch_size=64",
     "tokenizer.hidden_dims=[32]", "tokenizer.latent_dim=8",
-    "generator.causal_epochs=2", "generator.causal_hidden=16", "generator.beams=10",
+    "generator.causal.epochs=2", "generator.causal.hidden=16", "generator.beams=10",
 ]
 
 

@@ -12,7 +12,7 @@ import torch
 
 from cemg import distributed
 from cemg.collab.artifact import CollabEmbeddings
-from cemg.config import GeneratorConfig, TokenizerConfig
+from cemg.config import CausalGeneratorConfig, GeneratorConfig, T5GeneratorConfig, TokenizerConfig
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.features.artifact import ItemFeatures
@@ -60,8 +60,8 @@ def tokenizer_run() -> dict:
 def causal_run() -> dict:
     from cemg.generator.causal import train_causal_generator
 
-    cfg = GeneratorConfig(backbone="causal", causal_epochs=4, causal_hidden=16, causal_heads=2, causal_layers=1,
-                          causal_dropout=0.0, batch_size=16, beams=5, patience=10, valid_users=None)
+    cfg = GeneratorConfig(backbone="causal", causal=CausalGeneratorConfig(epochs=4, hidden=16, heads=2, layers=1, dropout=0.0),
+                          batch_size=16, beams=5, patience=10, valid_users=None)
     rec = train_causal_generator(toy_split(), toy_ids(), cfg, seed=3)
     return {"valid": [r["valid"]["NDCG@10"] for r in rec.info["history"]], "params": flat_params(rec.model),
             "best_epoch": rec.info["best_epoch"]}
@@ -78,7 +78,7 @@ def t5_run(folder: Path) -> dict:
         torch.manual_seed(0)
         T5ForConditionalGeneration(config).save_pretrained(folder / "t5")
     distributed.barrier()
-    cfg = GeneratorConfig(backbone=str(folder / "t5"), epochs=2, batch_size=64, beams=5, patience=10,
+    cfg = GeneratorConfig(backbone=str(folder / "t5"), t5=T5GeneratorConfig(epochs=2), batch_size=64, beams=5, patience=10,
                           valid_users=None, eval_batch_size=32)
     rec, info = train_generator(toy_split(), toy_ids(), cfg, seed=2)
     return {"valid": [r["valid"]["NDCG@10"] for r in info["history"]], "params": flat_params(rec.model)}

@@ -23,7 +23,7 @@ def rec(tiny_run) -> Recommender:
 
 def test_load_reads_the_config_the_run_was_built_with(tiny_run, rec):
     assert (tiny_run / "config.yaml").is_file()
-    assert rec.config.tokenizer.levels == 2 and rec.config.generator.causal_hidden == 16
+    assert rec.config.tokenizer.levels == 2 and rec.config.generator.causal.hidden == 16
     assert rec.backbone == "causal"
     assert rec.n_items == InteractionDataset.load(tiny_run / "data").n_items
     assert set(rec.evaluation) == {"valid", "test"}
@@ -124,9 +124,9 @@ def test_a_config_yaml_newer_than_a_stage_is_flagged(tiny_run, tmp_path, caplog)
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     text = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(text.replace("causal_hidden: 16", "causal_hidden: 32"))
+    (run / "config.yaml").write_text(text.replace("causal:\n    backbone: gpt2\n    hidden: 16", "causal:\n    backbone: gpt2\n    hidden: 32"))
     with caplog.at_level("WARNING", logger="cemg.run_folder"):
-        assert load_run_config(run).generator.causal_hidden == 32
+        assert load_run_config(run).generator.causal.hidden == 32
     assert "stage 'generator' was built with other generator settings" in caplog.text
     assert "stage 'tokenizer'" not in caplog.text
 

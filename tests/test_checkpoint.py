@@ -11,7 +11,7 @@ import torch
 
 from cemg.checkpoint import STATE_FILE, TrainingCheckpoint
 from cemg.collab.artifact import CollabEmbeddings
-from cemg.config import CollabConfig, GeneratorConfig, TokenizerConfig
+from cemg.config import CausalGeneratorConfig, CollabConfig, GeneratorConfig, T5GeneratorConfig, TokenizerConfig
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.features.artifact import ItemFeatures
@@ -174,7 +174,7 @@ def test_t5_generator_resumed_mid_epoch_equals_uninterrupted(tmp_path):
     torch.manual_seed(0)
     T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
     split, ids = _toy_split(), _toy_ids()
-    cfg = GeneratorConfig(backbone=str(tmp_path / "t5"), epochs=3, batch_size=64, beams=5, patience=10,
+    cfg = GeneratorConfig(backbone=str(tmp_path / "t5"), t5=T5GeneratorConfig(epochs=3), batch_size=64, beams=5, patience=10,
                           valid_users=None, eval_batch_size=32)
     whole, _ = train_generator(split, ids, cfg, seed=2)
     # 5 steps per epoch, and a chance to save after each: dying at call 9 is mid-epoch 2, after a
@@ -190,8 +190,8 @@ def test_causal_generator_resumed_equals_uninterrupted(tmp_path):
 
     split, ids = _toy_split(), _toy_ids()
     # Dropout on, so the resumed epochs must draw the same masks as the uninterrupted ones.
-    cfg = GeneratorConfig(backbone="causal", causal_epochs=6, causal_hidden=16, causal_heads=2, causal_layers=1,
-                          causal_dropout=0.2, batch_size=16, beams=5, patience=10, valid_users=None,
+    cfg = GeneratorConfig(backbone="causal", causal=CausalGeneratorConfig(epochs=6, hidden=16, heads=2, layers=1, dropout=0.2),
+                          batch_size=16, beams=5, patience=10, valid_users=None,
                           eval_every=2)
     whole = train_causal_generator(split, ids, cfg, seed=4)
     resumed = _killed_then_resumed(lambda ck: train_causal_generator(split, ids, cfg, 4, checkpoint=ck),

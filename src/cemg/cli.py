@@ -26,7 +26,22 @@ console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: section.key=value (repeatable).")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and results; no progress bars.")
+
+
+def _quiet_switch(quiet: bool) -> bool:
+    # tqdm binds TQDM_DISABLE into its defaults when it is first imported, and huggingface_hub
+    # reads HF_HUB_DISABLE_PROGRESS_BARS likewise (transformers' own bars follow it), so these
+    # must be set before any stage module loads. Commands import their stages at the top of their
+    # body; this callback runs earlier, while the command line is parsed (is_eager: before the
+    # other options' callbacks too).
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    return quiet
+
+
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only warnings and results; no progress bars.",
+                        callback=_quiet_switch, is_eager=True)
 
 
 class UserError(Exception):
@@ -39,8 +54,6 @@ def _config(config: Optional[Path], overrides: Optional[list[str]], quiet: bool 
         format="%(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
     return load_config(config, overrides)
 
 
@@ -271,7 +284,7 @@ def baseline(
     quiet: bool = QuietOpt,
 ) -> None:
     """Train a sequential baseline on the training split, select it on validation, score valid and test."""
-    cfg = _config(config, set_, quiet)  # before the imports: it sets the progress-bar switch tqdm reads
+    cfg = _config(config, set_, quiet)
     from cemg.baselines import BASELINES, SequentialRecommender, train_baseline
     from cemg.data.load import load_dataset
     from cemg.data.split import leave_one_out

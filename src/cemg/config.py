@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -129,16 +129,54 @@ class TokenizerConfig(_Section):
     ids_file: Path | None = None
 
 
+class CausalGeneratorConfig(_Section):
+    """The causal item-level backbone (src/cemg/generator/causal.py; not in the paper): a
+    decoder-only transformer over one vector per history item, trained at every position like
+    SASRec, emitting the next item's codes level by level. Defaults chosen on Beauty by
+    bench/causal_beauty.py (docs/results.md, "Causal generator on Beauty")."""
+
+    backbone: Literal["gpt2", "llama"] = "gpt2"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.3
+    lr: float = 2e-3  # AdamW peak; the schedule decays linearly to 0 over `epochs`
+    epochs: int = 60  # one window per user makes an epoch ~90 steps on Beauty
+    tie_codes: bool = True  # level-l logits = head(z) . E_l (the input code embeddings)
+    # Softmax each level over the codes that continue the item's prefix in the tree (training and
+    # beam search), so the loss is -log p(item) under the constrained distribution decoding uses.
+    # Beauty, valid NDCG@10 at epoch 10: 0.0509 with it vs 0.0432 without (k-means ids; docs/results.md).
+    trie_softmax: bool = True
+    # Semantic mode (no per-item parameter): an item's input vector adds an MLP of its code
+    # embeddings to their sum, and each prefix-tree node's output vector is an MLP of its code path,
+    # so items that share codes still get distinct vectors, computed from their tokens alone.
+    composed_inputs: bool = True
+    composed_outputs: bool = True
+
+
+class T5GeneratorConfig(_Section):
+    """The paper's seq2seq generator (src/cemg/generator/t5.py), one example per history prefix."""
+
+    lr: float = 1e-3  # lost in our copy; chosen by validation
+    epochs: int = 50
+    # How the decoder runs inside constrained beam search (src/cemg/generator/decoding.py); all three
+    # give the same rankings, "packed" measured fastest or level on CPU (bench/generator_speed.py).
+    decoding: Literal["packed", "cache", "recompute"] = "packed"
+
+
 class GeneratorConfig(_Section):
-    # "causal" (the default) is the decoder-only item-level generator (src/cemg/generator/causal.py):
-    # on Beauty it trains ~150x more predictions per second than the paper-style T5 and reaches
-    # better quality (docs/results.md, "Speed", from `python bench/speed.py beauty`).
+    # "semantic": the paper's model class: an item is its semantic tokens, and the generator holds
+    # no per-item parameter (it can rank items it never saw in training). "hybrid" (causal backbone
+    # only; beyond the paper): adds a learned embedding per item to the inputs and a learned output
+    # vector per prefix-tree node, the deepest of which are one per item: in effect an ID model
+    # whose softmax is factored along the semantic-id tree.
+    mode: Literal["semantic", "hybrid"] = "semantic"
+    # "causal" (the default) is the decoder-only item-level generator: on Beauty it trains ~150x
+    # more predictions per second than the paper-style T5 (docs/results.md, "Speed").
     # "t5-tiny"/"t5-mini" are TIGER-sized T5s built from scratch (the paper's seq2seq generator);
     # any other name is loaded with from_pretrained (e.g. "t5-small" or a local folder) and gets the
     # semantic tokens appended to its vocabulary.
     backbone: str = "causal"
-    lr: float = 1e-3  # lost in our copy; chosen by validation
-    epochs: int = 50
     batch_size: int = 256
     beams: int = 20
     patience: int = 5  # validation evaluations without a better NDCG@10 before stopping
@@ -150,32 +188,15 @@ class GeneratorConfig(_Section):
     # on CPU is the slow part of an epoch, so the default samples.
     valid_users: int | None = 2000
     eval_batch_size: int = 128  # users per beam-search batch
-    # How the decoder runs inside constrained beam search (src/cemg/generator/decoding.py); all three
-    # give the same rankings, "packed" measured fastest or level on CPU (bench/generator_speed.py).
-    decoding: Literal["packed", "cache", "recompute"] = "packed"
-    # Causal generator (src/cemg/generator/causal.py; not in the paper): a decoder-only transformer
-    # over one vector per history item, trained at every position like SASRec, emitting the next
-    # item's codes level by level. It shares batch_size, beams, patience, weight_decay,
-    # warmup_ratio, grad_clip, eval_every, valid_users and eval_batch_size with the T5 path.
-    # Defaults chosen on Beauty by bench/causal_beauty.py (docs/results.md).
-    causal_backbone: Literal["gpt2", "llama"] = "gpt2"
-    causal_hidden: int = 64
-    causal_layers: int = 2
-    causal_heads: int = 2
-    causal_dropout: float = 0.3
-    # Add a learned per-item embedding to the summed code embeddings of a history item; on Beauty
-    # valid NDCG@10 0.053 with it vs 0.037 without (k-means ids, bench/causal_beauty.py).
-    causal_use_item_id: bool = True
-    causal_tie_codes: bool = True  # level-l logits = head(z) . E_l (the input code embeddings)
-    # Softmax each level over the codes that continue the item's prefix in the tree (training and
-    # beam search), so the loss is -log p(item) under the constrained distribution decoding uses.
-    # Beauty, valid NDCG@10 at epoch 10: 0.0509 with it vs 0.0432 without (k-means ids; docs/results.md).
-    causal_trie_softmax: bool = True
-    # Per prefix-tree node output vectors added to the code logits (levels >= 1), so the deep levels
-    # can tell apart the items that share a code under different prefixes.
-    causal_node_emb: bool = False
-    causal_lr: float = 2e-3  # AdamW peak; the schedule decays linearly to 0 over causal_epochs
-    causal_epochs: int = 60  # one window per user makes an epoch ~90 steps on Beauty
+    causal: CausalGeneratorConfig = Field(default_factory=CausalGeneratorConfig)
+    t5: T5GeneratorConfig = Field(default_factory=T5GeneratorConfig)
+
+    @model_validator(mode="after")
+    def _hybrid_needs_causal(self) -> "GeneratorConfig":
+        if self.mode == "hybrid" and self.backbone != "causal":
+            raise ValueError(f"mode 'hybrid' adds per-item parameters to the causal backbone only; "
+                             f"backbone {self.backbone!r} is semantic by construction")
+        return self
 
 
 class BaselineConfig(_Section):

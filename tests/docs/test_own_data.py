@@ -97,8 +97,8 @@ def test_guide_config_runs_end_to_end(shop):
     Alone this takes ~40 s (importing and loading the encoders); after the session's tiny run, ~6 s."""
     cfg = load_config("my-shop.yaml", [
         "features.dim=8", "collab.dim=8", "collab.epochs=2", "tokenizer.codebook_size=8", "tokenizer.epochs=3",
-        "tokenizer.hidden_dims=[16]", "tokenizer.latent_dim=8", "generator.causal_epochs=2",
-        "generator.causal_hidden=16",
+        "tokenizer.hidden_dims=[16]", "tokenizer.latent_dim=8", "generator.causal.epochs=2",
+        "generator.causal.hidden=16",
     ])
     result = run_pipeline(cfg)
     assert set(result.artifacts["evaluation"].results) == {"valid", "test"}

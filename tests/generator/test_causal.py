@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cemg.config import EvalConfig, GeneratorConfig
+from cemg.config import CausalGeneratorConfig, EvalConfig, GeneratorConfig
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.evaluation.protocol import evaluate
@@ -66,15 +66,17 @@ def test_length_sorted_batches_partition_and_cut_padding():
 
 @pytest.mark.parametrize(
     "spec",
-    [{}, {"tie_codes": False, "use_item_id": True}, {"backbone": "llama"}, {"trie_softmax": True},
-     {"trie_softmax": True, "node_emb": True}, {"node_emb": True}],
+    [{}, {"tie_codes": False, "mode": "hybrid"}, {"backbone": "llama"}, {"trie_softmax": True},
+     {"trie_softmax": True, "mode": "hybrid"}, {"mode": "hybrid"},
+     {"trie_softmax": True, "composed_inputs": True, "composed_outputs": True}, {"composed_outputs": True}],
 )
 def test_wide_beam_equals_exact_scoring_of_every_item(spec):
     ids = toy_ids(n_items=30, sizes=[4, 4, 3])
     rec = untrained(ids, **spec)
-    if rec.model.node_emb is not None:  # zero at start: give the node vectors a say
-        for table in rec.model.node_emb:
-            torch.nn.init.normal_(table.weight, std=0.5)
+    # node vectors and the input MLP are zero at start: give them a say
+    for module in (rec.model.node_emb, rec.model.node_mlp, rec.model.input_mlp):
+        for p in (module.parameters() if module is not None else []):
+            torch.nn.init.normal_(p, std=0.5)
     histories = random_histories(6, ids.n_items)
     items, scores = rec.recommend_with_scores(histories, k=ids.n_items)
     states = rec.last_states(histories)
@@ -125,8 +127,8 @@ def test_exclusion_leaving_fewer_than_k_items_pads_with_minus_one():
 
 def test_learns_a_deterministic_next_item_and_round_trips(tmp_path):
     split, ids = toy_split(), toy_ids()
-    cfg = GeneratorConfig(causal_lr=1e-2, causal_epochs=40, batch_size=32, beams=10, patience=3, eval_every=5,
-                          warmup_ratio=0.0, valid_users=None, causal_hidden=32, causal_dropout=0.1)
+    cfg = GeneratorConfig(causal=CausalGeneratorConfig(lr=1e-2, epochs=40, hidden=32, dropout=0.1), batch_size=32, beams=10,
+                          patience=3, eval_every=5, warmup_ratio=0.0, valid_users=None)
     out = tmp_path / "gen"
     rec = train_causal_generator(split, ids, cfg, seed=0, device="cpu", out_dir=out)
     result = evaluate(rec, split, "test", EvalConfig())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from cemg.config import EvalConfig, GeneratorConfig
+from cemg.config import EvalConfig, GeneratorConfig, T5GeneratorConfig
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.evaluation.protocol import evaluate
@@ -69,7 +69,7 @@ def test_length_buckets_partition_the_examples_and_group_lengths():
 
 def test_tiny_t5_learns_a_deterministic_next_item_and_round_trips(tiny_t5, tmp_path, caplog):
     split, sid = toy_split(), toy_ids()
-    cfg = GeneratorConfig(backbone=tiny_t5, lr=1e-2, epochs=20, batch_size=32, beams=10, patience=2,
+    cfg = GeneratorConfig(backbone=tiny_t5, t5=T5GeneratorConfig(lr=1e-2, epochs=20), batch_size=32, beams=10, patience=2,
                           eval_every=5, warmup_ratio=0.0, valid_users=None)
     out = tmp_path / "gen"
     rec, info = train_generator(split, sid, cfg, seed=0, device="cpu", out_dir=out)

@@ -270,9 +270,14 @@ def train_lightgcn(
             neg = sampler.sample(users)
             out = model.get_embedding(adj)  # (num_nodes, d): full propagation, as in LightGCN
             pos, neg = pos + n_users, neg + n_users
-            u = out[users]
-            pos_rank = (u * out[pos]).sum(-1)
-            neg_rank = (u * out[neg]).sum(-1)
+            # index_select, not out[users]: the backward of tensor indexing is index_put_ with
+            # accumulate, which on CPU adds the rows of repeated nodes from several threads in no
+            # fixed order (PyTorch lists it as nondeterministic), so two runs with 2 threads
+            # drifted apart from the first step. index_select's backward (index_add_) adds them in
+            # index order. One gather for the three roles keeps it one index_add_ in backward.
+            u, p, n = out.index_select(0, torch.cat([users, pos, neg])).split(len(users))  # (B, d) each
+            pos_rank = (u * p).sum(-1)
+            neg_rank = (u * n).sum(-1)
             loss = model.recommendation_loss(
                 pos_rank, neg_rank, node_id=torch.cat([users, pos, neg]), lambda_reg=cfg.weight_decay
             )

@@ -61,18 +61,32 @@ class CausalSpec:
     heads: int = 2
     dropout: float = 0.3
     backbone: str = "gpt2"
-    use_item_id: bool = False
+    mode: str = "semantic"  # "semantic": no per-item parameter; "hybrid": item and node tables
     tie_codes: bool = True
     trie_softmax: bool = False
-    node_emb: bool = False
+    composed_inputs: bool = False
+    composed_outputs: bool = False
+
+    @property
+    def per_item_parameters(self) -> bool:
+        return self.mode == "hybrid"
 
     @classmethod
     def from_config(cls, cfg: GeneratorConfig, semantic_ids: SemanticIds, max_history: int) -> CausalSpec:
+        c = cfg.causal
+        semantic = cfg.mode == "semantic"
         return cls(
-            tuple(semantic_ids.codebook_sizes), semantic_ids.n_items, max_history, cfg.causal_hidden,
-            cfg.causal_layers, cfg.causal_heads, cfg.causal_dropout, cfg.causal_backbone,
-            cfg.causal_use_item_id, cfg.causal_tie_codes, cfg.causal_trie_softmax, cfg.causal_node_emb,
+            tuple(semantic_ids.codebook_sizes), semantic_ids.n_items, max_history, c.hidden, c.layers, c.heads,
+            c.dropout, c.backbone, cfg.mode, c.tie_codes, c.trie_softmax,
+            semantic and c.composed_inputs, semantic and c.composed_outputs,
         )
+
+
+def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
+    """Zero the MLP's last layer, so a branch added to a residual sum starts as a no-op."""
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
 
 
 def build_causal_backbone(spec: CausalSpec) -> nn.Module:
@@ -117,7 +131,14 @@ class CausalSemanticModel(nn.Module):
         # each one table over all levels' codes, level l at rows offsets[l]:offsets[l] + K_l.
         self.code_emb = nn.Embedding(sum(sizes), d)
         self.prefix_emb = nn.Embedding(sum(sizes), d)
-        self.item_emb = nn.Embedding(spec.n_items, d) if spec.use_item_id else None
+        hybrid = spec.per_item_parameters
+        self.item_emb = nn.Embedding(spec.n_items, d) if hybrid else None
+        # Semantic mode: a nonlinear function of the item's codes, so the input vector is more than
+        # a sum of shared code vectors (items that share 3 of 4 codes differ by one vector in a sum).
+        self.input_mlp = None
+        if spec.composed_inputs:
+            self.input_mlp = _zero_last(nn.Sequential(
+                nn.Linear(len(sizes) * d, d), nn.GELU(), nn.Linear(d, d)))
         self.input_dropout = nn.Dropout(spec.dropout)
         self.backbone = backbone if backbone is not None else build_causal_backbone(spec)
         self.level_mlp = nn.ModuleList(
@@ -131,12 +152,26 @@ class CausalSemanticModel(nn.Module):
         # Output vectors per prefix-tree node below the root's children: a level-l code means a
         # different item group under every prefix, and 256 shared code vectors cannot tell ~12k
         # items apart; a node's own vector adds u . O[node] to its code's logit (zero at start).
+        # Hybrid: O is a learned table (its deepest rows are one vector per item). Semantic:
+        # O[node] = MLP_l(sum of the path's code vectors), computed from the node's codes alone.
         self.node_emb = None
-        if spec.node_emb:
-            n_nodes = PrefixTree(codes, sizes).n_nodes  # depth l+1 nodes are level l's choices
-            self.node_emb = nn.ModuleList(nn.Embedding(n_nodes[level + 1], d) for level in range(1, len(sizes)))
-            for table in self.node_emb:
-                nn.init.zeros_(table.weight)
+        self.node_mlp = None
+        self._node_paths: list[torch.Tensor] = []
+        if hybrid or spec.composed_outputs:
+            tree = PrefixTree(codes, sizes)
+            if hybrid:
+                self.node_emb = nn.ModuleList(nn.Embedding(tree.n_nodes[level + 1], d) for level in range(1, len(sizes)))
+                for table in self.node_emb:
+                    nn.init.zeros_(table.weight)
+            else:
+                self.path_emb = nn.Embedding(sum(sizes), d)
+                nn.init.normal_(self.path_emb.weight, std=0.02)
+                self.node_mlp = nn.ModuleList(
+                    _zero_last(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)))
+                    for _ in range(1, len(sizes)))
+                for level in range(1, len(sizes)):
+                    paths = tree.node_codes(level + 1) + torch.as_tensor(offsets[: level + 1])
+                    self.register_buffer(f"node_paths_{level}", paths, persistent=False)
         # GPT-2's own initialisation scale for everything outside the backbone: N(0, 1) embeddings,
         # summed over M levels, would drown the position embeddings.
         for table in (self.code_emb, self.prefix_emb, self.item_emb):
@@ -144,12 +179,20 @@ class CausalSemanticModel(nn.Module):
                 nn.init.normal_(table.weight, std=0.02)
 
     @property
+    def has_node_vectors(self) -> bool:
+        return self.node_emb is not None or self.node_mlp is not None
+
+    @property
     def levels(self) -> int:
         return len(self.spec.codebook_sizes)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """(...) item ids >= 0 -> (..., d): sum_l E_l[code_l] (+ the item's own embedding)."""
-        x = self.code_emb(self.item_tokens[items]).sum(-2)
+        """(...) item ids >= 0 -> (..., d): sum_l E_l[code_l], plus an MLP of the codes (semantic,
+        composed inputs) or the item's own embedding (hybrid)."""
+        codes = self.code_emb(self.item_tokens[items])  # (..., L, d)
+        x = codes.sum(-2)
+        if self.input_mlp is not None:
+            x = x + self.input_mlp(codes.flatten(-2))
         return x + self.item_emb(items) if self.item_emb is not None else x
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
@@ -174,8 +217,8 @@ class CausalSemanticModel(nn.Module):
     def level_logits(self, level: int, z: torch.Tensor, child: torch.Tensor | None = None) -> torch.Tensor:
         """(..., d) state plus code prefix -> (..., K_level) logits over the level's codes.
 
-        `child` (..., K_level): the prefix-tree node each code leads to (-1: none); with
-        `spec.node_emb` those nodes' own output vectors are added (the codes that lead nowhere,
+        `child` (..., K_level): the prefix-tree node each code leads to (-1: none); with node
+        vectors (hybrid, or composed outputs) those nodes' output vectors are added (the codes that lead nowhere,
         which trie softmax masks anyway, get none)."""
         u = z + self.level_mlp[level](z)
         if self.spec.tie_codes:
@@ -184,16 +227,25 @@ class CausalSemanticModel(nn.Module):
             logits = u @ table.T + self.level_bias[level]
         else:
             logits = self.level_out[level](u)
-        if self.node_emb is None or level == 0:
+        if (self.node_emb is None and self.node_mlp is None) or level == 0:
             return logits
         if child is None:
-            raise ValueError("node_emb logits need the prefix tree's child table")
+            raise ValueError("node vectors need the prefix tree's child table")
         size = logits.shape[-1]
         flat_u, flat_child = u.reshape(-1, u.shape[-1]), child.reshape(-1, size)
         rows, codes = (flat_child >= 0).nonzero(as_tuple=True)
         # Only real children: most of the (rows, K) table is empty below the first levels.
-        extra = (flat_u[rows] * self.node_emb[level - 1](flat_child[rows, codes])).sum(-1)
+        extra = (flat_u[rows] * self.node_vectors(level, flat_child[rows, codes])).sum(-1)
         return logits.reshape(-1, size).index_put((rows, codes), extra, accumulate=True).reshape(logits.shape)
+
+    def node_vectors(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(n,) depth-(level+1) prefix-tree nodes -> (n, d) their output vectors (level >= 1)."""
+        if self.node_emb is not None:
+            return self.node_emb[level - 1](nodes)
+        # Each distinct node once: a batch names the same few thousand nodes many times over.
+        unique, inverse = torch.unique(nodes, return_inverse=True)
+        paths = getattr(self, f"node_paths_{level}")[unique]  # (u, level + 1) offset codes
+        return self.node_mlp[level - 1](self.path_emb(paths).sum(1))[inverse]
 
     def prefix_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
         """P_level[codes]: what a level-`level` code adds to the state for the levels after it."""
@@ -203,7 +255,7 @@ class CausalSemanticModel(nn.Module):
         self, hidden: torch.Tensor, codes: torch.Tensor, children: list[torch.Tensor] | None = None
     ) -> list[torch.Tensor]:
         """(N, d) states and (N, L) true next-item codes -> per level (N, K_l) logits; `children`
-        per level the (N, K_l) child nodes of the true prefix (needed with node_emb)."""
+        per level the (N, K_l) child nodes of the true prefix (needed with node vectors)."""
         out, z = [], hidden
         for level in range(self.levels):
             out.append(self.level_logits(level, z, None if children is None else children[level]))
@@ -226,10 +278,10 @@ class CausalSemanticModel(nn.Module):
                        tree: PrefixTree | None) -> list[torch.Tensor]:
         """Teacher-forced logits along each target's own prefix, masked to the tree's children
         with trie softmax."""
-        if not (self.spec.trie_softmax or self.spec.node_emb):
+        if not (self.spec.trie_softmax or self.has_node_vectors):
             return self.teacher_forced_logits(hidden, codes)
         if tree is None:
-            raise ValueError("trie_softmax and node_emb need the item prefix tree")
+            raise ValueError("trie softmax and node vectors need the item prefix tree")
         children = [tree.children(level, tree.ancestor[level][targets]) for level in range(self.levels)]
         logits = self.teacher_forced_logits(hidden, codes, children)
         if self.spec.trie_softmax:
@@ -381,7 +433,12 @@ class CausalGenerativeRecommender(SemanticIdRecommender):
     def load(cls, folder: Path, device: str = "auto") -> CausalGenerativeRecommender:
         folder = Path(folder)
         meta, semantic_ids, config = load_generator_meta(folder, META)
-        spec = CausalSpec(**{**meta["spec"], "codebook_sizes": tuple(meta["spec"]["codebook_sizes"])})
+        fields = dict(meta["spec"])
+        if "use_item_id" in fields:  # saved before the generator modes existed
+            hybrid = fields.pop("use_item_id") or fields.pop("node_emb", False)
+            fields.pop("node_emb", None)
+            fields["mode"] = "hybrid" if hybrid else "semantic"
+        spec = CausalSpec(**{**fields, "codebook_sizes": tuple(fields["codebook_sizes"])})
         model = CausalSemanticModel(spec, semantic_ids.codes, AutoModel.from_pretrained(folder / "backbone"))
         missing, unexpected = model.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
@@ -471,12 +528,12 @@ def train_causal_generator(
         raise ValueError("no training sequence has two or more items; nothing to train on")
     lengths = (inputs >= 0).sum(1)
     steps_per_epoch = -(-len(inputs) // cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.causal_lr, weight_decay=cfg.weight_decay)
-    total_steps = steps_per_epoch * cfg.causal_epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.causal.lr, weight_decay=cfg.weight_decay)
+    total_steps = steps_per_epoch * cfg.causal.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("causal generator: %d windows (%d target positions), %d steps/epoch, %d parameters, "
-             "%d validation users, device %s", len(inputs), int(lengths.sum()), steps_per_epoch, n_params,
+    log.info("causal generator, %s mode: %d windows (%d target positions), %d steps/epoch, %d parameters, "
+             "%d validation users, device %s", cfg.mode, len(inputs), int(lengths.sum()), steps_per_epoch, n_params,
              len(valid_split.valid), device)
 
     curve: list[dict] = []
@@ -490,8 +547,8 @@ def train_causal_generator(
     if saved is not None:
         curve, best, stale, first = saved["curve"], saved["best"], saved["stale"], saved["epoch"] + 1
         start -= saved["seconds"]
-    bar = tqdm(range(first, cfg.causal_epochs + 1), desc="causal generator", unit="epoch", initial=first - 1,
-               total=cfg.causal_epochs, disable=None if distributed.is_main() else True)
+    bar = tqdm(range(first, cfg.causal.epochs + 1), desc="causal generator", unit="epoch", initial=first - 1,
+               total=cfg.causal.epochs, disable=None if distributed.is_main() else True)
     for epoch in bar:
         model.train()
         tic, total, count = time.perf_counter(), 0.0, 0
@@ -511,7 +568,7 @@ def train_causal_generator(
             scheduler.step()
             total, count = total + float(loss) * n, count + n
         row = {"epoch": epoch, "loss": total / max(count, 1), "train_seconds": time.perf_counter() - tic}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.causal_epochs:
+        if epoch % cfg.eval_every == 0 or epoch == cfg.causal.epochs:
             result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=4096) if distributed.is_main() else None
             result = distributed.broadcast_object(result)  # every rank takes rank 0's early-stopping decision
             row.update(valid=result.metrics, eval_seconds=result.seconds)
@@ -539,6 +596,8 @@ def train_causal_generator(
     model.eval()
     seconds = time.perf_counter() - start
     rec.info = {
+        "mode": cfg.mode,
+        "backbone": f"causal-{cfg.causal.backbone}",
         "best_epoch": best["epoch"],
         "best_valid_ndcg10": best["ndcg"],
         "epochs_run": len(curve),

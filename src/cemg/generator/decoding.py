@@ -87,6 +87,16 @@ class PrefixTree:
         table[row_of, self.child_code[depth + 1][child]] = child
         return table
 
+    def node_codes(self, depth: int) -> torch.Tensor:
+        """(n_nodes[depth], depth) the codes on the path from the root to each depth-`depth` node."""
+        nodes = torch.arange(self.n_nodes[depth], device=self.leaf_item.device)
+        codes = [self.child_code[depth][nodes]]  # depth >= 1: a node's own code
+        for level in range(depth - 1, 0, -1):
+            # A node's parent is the depth-(l-1) node whose child run holds it.
+            nodes = torch.searchsorted(self.child_start[level], nodes, right=True) - 1
+            codes.append(self.child_code[level][nodes])
+        return torch.stack(codes[::-1], dim=1) if depth else torch.zeros((1, 0), dtype=torch.long)
+
 
 
 def search_in_batches(

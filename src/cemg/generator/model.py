@@ -121,7 +121,7 @@ class GenerativeRecommender(SemanticIdRecommender):
             ids, mask = self.encode(histories[lo:hi])
             excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo:hi], self.device)
             return constrained_beam_search(self.model, self.vocab, self.tree, ids, mask, beams, excl,
-                                           self.config.decoding)
+                                           self.config.t5.decoding)
 
         return search_in_batches(self.model, len(histories), k, self.config.eval_batch_size, search)
 

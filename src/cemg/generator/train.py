@@ -128,8 +128,8 @@ def train_generator(
     if len(examples) == 0:
         raise ValueError("no training examples: every training sequence has fewer than 2 items")
     steps_per_epoch = -(-len(examples) // cfg.batch_size)  # exact: only the last bucket is short
-    total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = steps_per_epoch * cfg.t5.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.t5.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("generator: %d examples from %d sequences, %d steps/epoch, %d parameters, %d validation users, "
@@ -157,7 +157,7 @@ def train_generator(
                         epoch=epoch, step=step, epoch_loss=epoch_loss, history=history, best=best,
                         bad_evals=bad_evals, seconds=time.perf_counter() - start)
 
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.t5.epochs + 1):
         model.train()
         epoch_rng = copy.deepcopy(rng)
         batches = length_bucketed_batches(examples.history_lengths, cfg.batch_size, rng)
@@ -192,7 +192,7 @@ def train_generator(
         done_steps, done_loss = 0, 0.0
         record = {"epoch": epoch, "loss": total_loss / steps_per_epoch,
                   "train_seconds": time.perf_counter() - epoch_start}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.eval_every == 0 or epoch == cfg.t5.epochs:
             result = None
             if distributed.is_main():
                 result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=cfg.eval_batch_size * 8)

@@ -8,6 +8,9 @@
                          micro-batcher's batch sizes
     GET  /docs, /openapi.json   FastAPI's OpenAPI description
 
+Errors are 422 (a malformed request, or an item the run does not have in a /recommend history) and
+404 (no such item at /items), all with the body `ErrorOut` that the OpenAPI schema declares.
+
 History items are JSON integers (item indices) or strings (raw item keys), never coerced into each
 other: on ML-100K the key "5" and the index 5 are different movies.
 
@@ -24,7 +27,7 @@ import threading
 import time
 from collections import Counter, deque
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query
@@ -96,6 +99,21 @@ class ItemOut(BaseModel):
     disambiguation_level: bool
     fusion_weights: dict[str, float] | None
     neighbours: list[NeighbourOut]
+
+
+class ErrorDetail(BaseModel):
+    loc: list[StrictStr | StrictInt] = Field(description='Where the problem is, e.g. ["body", "history", 2].')
+    msg: str
+    type: str = Field(description="`unknown_item` for an item the run does not have; otherwise pydantic's "
+                                   "error type for a malformed request.")
+    input: Any = Field(None, description="The offending value, as received.")
+    ctx: dict[str, Any] | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every 404 and 422 answer: FastAPI's validation-error shape, so a client handles both one way."""
+
+    detail: list[ErrorDetail]
 
 
 class HealthOut(BaseModel):
@@ -206,8 +224,13 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
     started = time.time()
     catalogue = recommender.catalogue
 
-    @app.post("/recommend", response_model=RecommendResponse,
-              responses={422: {"description": "invalid body, or an unknown item (the message names it)"}})
+    # The error answers are declared with their body: a bare description left a client (and
+    # schemathesis) with a 422 whose content the schema did not describe.
+    @app.post("/recommend", response_model=RecommendResponse, responses={422: {
+        "model": ErrorOut,
+        "description": "A malformed body, or a history item the run does not have (an unknown key or an "
+                       "index out of range: `type` is `unknown_item` and `loc` points at the item).",
+    }})
     async def recommend(request: RecommendRequest):
         # async so that a batch can hold more requests than a thread pool has threads; the beam
         # search itself runs in the batcher's worker thread (or the pool), never on the event loop.
@@ -227,8 +250,11 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
             model=recommender.backbone,
         )
 
-    @app.get("/items/{item_id}", response_model=ItemOut,
-             responses={404: {"description": "no such item (the message names it)"}})
+    @app.get("/items/{item_id}", response_model=ItemOut, responses={
+        404: {"model": ErrorOut, "description": "No such item (the message names it)."},
+        422: {"model": ErrorOut, "description": "A malformed query, or `by=index` with an id that is not a "
+                                                "non-negative integer."},
+    })
     def item(
         item_id: str,
         by: Literal["key", "index"] = Query("key", description="Read item_id as a raw key or an item index."),
