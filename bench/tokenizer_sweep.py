@@ -70,7 +70,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
 
-    base: dict = {}
+    # The synthetic items have no interaction counts; the sweep's recorded results predate the
+    # collab calibration, so it uses LightGCN-style vectors as they are unless told otherwise.
+    base: dict = {"collab_calibration": "none"}
     for text in args.overrides:
         key, value = parse_override(text)
         base[key.removeprefix("tokenizer.")] = value

@@ -45,7 +45,8 @@ def tokenizer_run() -> dict:
     n, d = 64, 6
     features = ItemFeatures(n, rng.normal(size=(n, d)).astype(np.float32), np.ones(n, bool),
                             rng.normal(size=(n, d)).astype(np.float32), np.ones(n, bool))
-    collab = CollabEmbeddings(np.zeros((2, 5), np.float32), rng.normal(size=(n, 5)).astype(np.float32))
+    collab = CollabEmbeddings(np.zeros((2, 5), np.float32), rng.normal(size=(n, 5)).astype(np.float32), {},
+                              rng.integers(0, 20, size=n))
     # Dead-code re-seeding off: it draws replacement codes from one rank's rows (see docs/reliability.md).
     cfg = TokenizerConfig(levels=2, codebook_size=8, latent_dim=4, hidden_dims=[16], epochs=6, batch_size=16,
                           dead_code_threshold=0.0)

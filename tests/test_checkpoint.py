@@ -145,7 +145,8 @@ def _tokenizer_data(n=48, d=6, seed=0):
     rng = np.random.default_rng(seed)
     features = ItemFeatures(n, rng.normal(size=(n, d)).astype(np.float32), np.ones(n, bool),
                             rng.normal(size=(n, d)).astype(np.float32), np.ones(n, bool))
-    collab = CollabEmbeddings(np.zeros((2, 5), np.float32), rng.normal(size=(n, 5)).astype(np.float32))
+    collab = CollabEmbeddings(np.zeros((2, 5), np.float32), rng.normal(size=(n, 5)).astype(np.float32), {},
+                              rng.integers(0, 20, size=n))
     return features, collab
 
 

@@ -123,6 +123,18 @@ class TokenizerConfig(_Section):
     # invariant; "absolute" the vector-quantize-pytorch form softmax(-T * d).
     diversity_form: Literal["relative", "absolute"] = "relative"
     diversity_temperature: float = 0.3  # bench/tokenizer_sweep.py: 0.3 beat 1.0 and 0.1
+    # What the collaborative part of an item's input is (src/cemg/tokenizer/build.py,
+    # calibrate_collab). LightGCN's item vectors grow in norm with popularity and stay near their
+    # random start for items the graph barely saw, so the RQ-VAE grouped items by how cold they are
+    # and a generator then learned to avoid the cold branches (docs/results.md, "Cold start").
+    # "none": LightGCN's vectors as they are; "unit": each scaled to unit RMS (popularity removed);
+    # "content": unit, then shrunk towards a ridge prediction from the item's text/image vectors in
+    # proportion to how little the graph knows of it: w = n / (n + collab_prior_weight), n = the
+    # item's training interactions. An item with no interaction (a new item) gets the prediction.
+    # Beauty, valid NDCG@10 (semantic generator): none 0.0522, unit 0.0544, content 0.0547 (docs/results.md);
+    # "content" is the default because it also gives a new item a collaborative part.
+    collab_calibration: Literal["none", "unit", "content"] = "content"
+    collab_prior_weight: float = 5.0
     # Published semantic ids instead of trained ones: an LC-Rec / LETTER index.json file whose key k
     # is the dataset's item k (src/cemg/tokenizer/index_json.py). The stage then trains nothing and
     # every other tokenizer setting is unused; the file's content enters the stage's input hash.
@@ -152,6 +164,10 @@ class CausalGeneratorConfig(_Section):
     # so items that share codes still get distinct vectors, computed from their tokens alone.
     composed_inputs: bool = True
     composed_outputs: bool = True
+    composed_width: int = 1  # hidden width of those MLPs, in multiples of `hidden`
+    # A prefix-tree node with a single item below it composes its output vector from all of that
+    # item's codes, not only the codes on its path (the finer levels then still describe the item).
+    composed_leaf_codes: bool = False
 
 
 class T5GeneratorConfig(_Section):

@@ -198,8 +198,11 @@ def run_pipeline(
         h_tok = fingerprint("tokenizer", h_data, "ids_file", file_digest(ids_file))
         build_tok = lambda: tokenizer_from_index_json(ids_file, dataset.items.keys)  # noqa: E731
     else:
-        # ids_file left out: adding the option must not invalidate the tokenizers already trained.
-        tok_section = cfg.tokenizer.model_dump(mode="json", exclude={"ids_file"})
+        # Options added after tokenizers were trained are left out of the hash at their defaults, so
+        # adding them did not invalidate those tokenizers.
+        later = {"ids_file"} | ({"collab_calibration", "collab_prior_weight"}
+                                if cfg.tokenizer.collab_calibration == "none" else set())
+        tok_section = cfg.tokenizer.model_dump(mode="json", exclude=later)
         h_tok = fingerprint("tokenizer", h_feat, h_collab, tok_section, cfg.seed)
         build_tok = lambda: build_tokenizer(  # noqa: E731
             features, collab, cfg.tokenizer, cfg.seed, device, checkpoint("tokenizer", h_tok))

@@ -68,7 +68,8 @@ def test_length_sorted_batches_partition_and_cut_padding():
     "spec",
     [{}, {"tie_codes": False, "mode": "hybrid"}, {"backbone": "llama"}, {"trie_softmax": True},
      {"trie_softmax": True, "mode": "hybrid"}, {"mode": "hybrid"},
-     {"trie_softmax": True, "composed_inputs": True, "composed_outputs": True}, {"composed_outputs": True}],
+     {"trie_softmax": True, "composed_inputs": True, "composed_outputs": True}, {"composed_outputs": True},
+     {"trie_softmax": True, "composed_outputs": True, "composed_leaf_codes": True}],
 )
 def test_wide_beam_equals_exact_scoring_of_every_item(spec):
     ids = toy_ids(n_items=30, sizes=[4, 4, 3])

@@ -28,7 +28,8 @@ def _data(n=60, d=6, dc=5, seed=0, image_missing=0.3):
     image_mask = rng.random(n) > image_missing
     image = rng.normal(size=(n, d)).astype(np.float32) * image_mask[:, None]
     features = ItemFeatures(n, rng.normal(size=(n, d)).astype(np.float32), np.ones(n, bool), image, image_mask)
-    collab = CollabEmbeddings(np.zeros((3, dc), np.float32), rng.normal(size=(n, dc)).astype(np.float32))
+    collab = CollabEmbeddings(np.zeros((3, dc), np.float32), rng.normal(size=(n, dc)).astype(np.float32), {},
+                              rng.integers(0, 20, size=n))
     return features, collab
 
 
@@ -54,7 +55,7 @@ def test_level_stats_utilisation_and_perplexity():
 def test_identical_items_still_get_unique_ids():
     n, d = 24, 4
     features = ItemFeatures(n, np.ones((n, d), np.float32), np.ones(n, bool))
-    collab = CollabEmbeddings(np.zeros((1, d), np.float32), np.ones((n, d), np.float32))
+    collab = CollabEmbeddings(np.zeros((1, d), np.float32), np.ones((n, d), np.float32), {}, np.full(n, 10))
     ids, report = build_semantic_ids(features, collab, TokenizerConfig(**TINY, use_image=False), seed=0)
     assert ids.n_items == n and len({tuple(r) for r in ids.codes.tolist()}) == n
     assert report["collisions"]["rate_before_fix"] == 1.0
@@ -129,7 +130,7 @@ def test_bad_inputs_are_named():
     features, collab = _data()
     with pytest.raises(ValueError, match="use_collab"):
         build_semantic_ids(features, None, TokenizerConfig(**TINY), seed=0)
-    short = CollabEmbeddings(collab.users, collab.items[:10])
+    short = CollabEmbeddings(collab.users, collab.items[:10], {}, collab.item_counts[:10])
     with pytest.raises(ValueError, match="cover 10 items"):
         build_semantic_ids(features, short, TokenizerConfig(**TINY), seed=0)
     odd = ItemFeatures(60, features.text, features.text_mask, features.image[:, :3], features.image_mask)
@@ -159,3 +160,47 @@ def test_cli_tokenize_writes_the_artifact_and_reuses_it(tmp_path):
     second = runner.invoke(app, args)
     assert second.exit_code == 0
     assert re.search(r"tokenizer [\d.]+s \(reused\)", second.output), second.output
+
+
+def _popularity_graph(n=200, d=8, seed=0):
+    """Collab vectors whose norm grows with the item's training count (LightGCN's shape), and a
+    collab direction that is a linear function of the text vector plus noise."""
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(n, d)).astype(np.float32)
+    counts = rng.integers(0, 40, size=n)
+    direction = text @ rng.normal(size=(d, d)) + 0.1 * rng.normal(size=(n, d))
+    items = (direction / np.linalg.norm(direction, axis=1, keepdims=True) * (1 + counts[:, None] / 10))
+    features = ItemFeatures(n, text, np.ones(n, bool))
+    return features, CollabEmbeddings(np.zeros((1, d), np.float32), items.astype(np.float32), {}, counts), direction
+
+
+def test_collab_calibration_removes_popularity_and_fills_cold_items_from_content():
+    from cemg.tokenizer.build import calibrate_collab
+
+    features, collab, direction = _popularity_graph()
+    raw = calibrate_collab(features, collab, TokenizerConfig(use_image=False, collab_calibration="none"))
+    assert raw is collab.items
+    rms = lambda x: np.sqrt((x.astype(np.float64) ** 2).mean(1))  # noqa: E731
+    unit = calibrate_collab(features, collab, TokenizerConfig(use_image=False, collab_calibration="unit"))
+    np.testing.assert_allclose(rms(unit), 1.0, rtol=1e-5)  # popularity (the norm) is gone
+    cfg = TokenizerConfig(use_image=False, collab_calibration="content", collab_prior_weight=5.0)
+    content = calibrate_collab(features, collab, cfg)
+    np.testing.assert_allclose(rms(content), 1.0, rtol=1e-5)
+    cos = lambda a, b: (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # noqa: E731
+    never_seen = collab.item_counts == 0
+    popular = collab.item_counts >= 30
+    # an unseen item's vector is the content prediction, which recovers the true direction here
+    assert cos(content[never_seen], direction[never_seen]).min() > 0.9
+    # a well-known item keeps mostly its own vector
+    assert cos(content[popular], unit[popular]).min() > 0.8
+    # deterministic (a closed-form ridge)
+    assert np.array_equal(content, calibrate_collab(features, collab, cfg))
+
+
+def test_collab_calibration_refuses_an_artifact_without_counts():
+    from cemg.tokenizer.build import calibrate_collab
+
+    features, collab = _data()
+    collab = CollabEmbeddings(collab.users, collab.items)
+    with pytest.raises(ValueError, match="item_counts"):
+        calibrate_collab(features, collab, TokenizerConfig(collab_calibration="unit"))

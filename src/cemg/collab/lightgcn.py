@@ -128,6 +128,21 @@ def normalized_adjacency(graph: UserItemGraph, device: str | torch.device = "cpu
         return to_torch_csr_tensor(edge_index.to(device), weight.to(device), size=(n, n))
 
 
+def _bpr_scores(out: torch.Tensor, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """<e_u, e_pos> and <e_u, e_neg> for a batch of (user, positive, negative) node ids: (B,) each.
+
+    index_select, not out[users]: the backward of tensor indexing is index_put_ with accumulate,
+    which on CPU adds the rows of repeated nodes from several threads in no fixed order (PyTorch
+    lists it as nondeterministic), so two runs with 2 threads drifted apart from the first step.
+    index_select's backward (index_add_) adds them in index order. One gather for the three roles
+    keeps it one index_add_ in backward. Measured cost: none beyond noise (docs/reliability.md,
+    bench/lightgcn_step.py, which swaps this function for the old indexing with --indexing old).
+    """
+    u, p, n = out.index_select(0, torch.cat([users, pos, neg])).split(len(users))  # (B, d) each
+    return (u * p).sum(-1), (u * n).sum(-1)
+
+
 class _NegativeSampler:
     """Uniform item negatives, resampled where they hit one of the user's training items."""
 
@@ -270,14 +285,7 @@ def train_lightgcn(
             neg = sampler.sample(users)
             out = model.get_embedding(adj)  # (num_nodes, d): full propagation, as in LightGCN
             pos, neg = pos + n_users, neg + n_users
-            # index_select, not out[users]: the backward of tensor indexing is index_put_ with
-            # accumulate, which on CPU adds the rows of repeated nodes from several threads in no
-            # fixed order (PyTorch lists it as nondeterministic), so two runs with 2 threads
-            # drifted apart from the first step. index_select's backward (index_add_) adds them in
-            # index order. One gather for the three roles keeps it one index_add_ in backward.
-            u, p, n = out.index_select(0, torch.cat([users, pos, neg])).split(len(users))  # (B, d) each
-            pos_rank = (u * p).sum(-1)
-            neg_rank = (u * n).sum(-1)
+            pos_rank, neg_rank = _bpr_scores(out, users, pos, neg)
             loss = model.recommendation_loss(
                 pos_rank, neg_rank, node_id=torch.cat([users, pos, neg]), lambda_reg=cfg.weight_decay
             )
@@ -335,4 +343,5 @@ def train_lightgcn(
         users_emb.float().cpu().numpy().astype(np.float32, copy=False),
         items_emb.float().cpu().numpy().astype(np.float32, copy=False),
         info,
+        split.train_item_counts().astype(np.int64),
     )

@@ -66,6 +66,8 @@ class CausalSpec:
     trie_softmax: bool = False
     composed_inputs: bool = False
     composed_outputs: bool = False
+    composed_width: int = 1  # hidden width of the composing MLPs, in multiples of `hidden`
+    composed_leaf_codes: bool = False  # a node holding one item composes from all its codes
 
     @property
     def per_item_parameters(self) -> bool:
@@ -78,7 +80,8 @@ class CausalSpec:
         return cls(
             tuple(semantic_ids.codebook_sizes), semantic_ids.n_items, max_history, c.hidden, c.layers, c.heads,
             c.dropout, c.backbone, cfg.mode, c.tie_codes, c.trie_softmax,
-            semantic and c.composed_inputs, semantic and c.composed_outputs,
+            semantic and c.composed_inputs, semantic and c.composed_outputs, c.composed_width,
+            c.composed_leaf_codes,
         )
 
 
@@ -137,8 +140,9 @@ class CausalSemanticModel(nn.Module):
         # a sum of shared code vectors (items that share 3 of 4 codes differ by one vector in a sum).
         self.input_mlp = None
         if spec.composed_inputs:
+            width = spec.composed_width * d
             self.input_mlp = _zero_last(nn.Sequential(
-                nn.Linear(len(sizes) * d, d), nn.GELU(), nn.Linear(d, d)))
+                nn.Linear(len(sizes) * d, width), nn.GELU(), nn.Linear(width, d)))
         self.input_dropout = nn.Dropout(spec.dropout)
         self.backbone = backbone if backbone is not None else build_causal_backbone(spec)
         self.level_mlp = nn.ModuleList(
@@ -167,10 +171,22 @@ class CausalSemanticModel(nn.Module):
                 self.path_emb = nn.Embedding(sum(sizes), d)
                 nn.init.normal_(self.path_emb.weight, std=0.02)
                 self.node_mlp = nn.ModuleList(
-                    _zero_last(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)))
+                    _zero_last(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, spec.composed_width * d), nn.GELU(),
+                                             nn.Linear(spec.composed_width * d, d)))
                     for _ in range(1, len(sizes)))
+                tokens = torch.from_numpy(codes + offsets[None, :])
                 for level in range(1, len(sizes)):
-                    paths = tree.node_codes(level + 1) + torch.as_tensor(offsets[: level + 1])
+                    # (nodes, L) offset codes, -1 past the node's depth
+                    paths = torch.full((tree.n_nodes[level + 1], len(sizes)), -1, dtype=torch.long)
+                    paths[:, : level + 1] = tree.node_codes(level + 1) + torch.as_tensor(offsets[: level + 1])
+                    if spec.composed_leaf_codes:
+                        # A node with one item below it is that item: compose its vector from all of
+                        # the item's codes, so the finer levels (which decide nothing in the tree once
+                        # the item is alone) still describe it.
+                        single = tree.subtree_size[level + 1] == 1
+                        item_of_node = torch.full((tree.n_nodes[level + 1],), -1, dtype=torch.long)
+                        item_of_node[tree.ancestor[level + 1]] = torch.arange(spec.n_items)
+                        paths[single] = tokens[item_of_node[single]]
                     self.register_buffer(f"node_paths_{level}", paths, persistent=False)
         # GPT-2's own initialisation scale for everything outside the backbone: N(0, 1) embeddings,
         # summed over M levels, would drown the position embeddings.
@@ -244,8 +260,9 @@ class CausalSemanticModel(nn.Module):
             return self.node_emb[level - 1](nodes)
         # Each distinct node once: a batch names the same few thousand nodes many times over.
         unique, inverse = torch.unique(nodes, return_inverse=True)
-        paths = getattr(self, f"node_paths_{level}")[unique]  # (u, level + 1) offset codes
-        return self.node_mlp[level - 1](self.path_emb(paths).sum(1))[inverse]
+        paths = getattr(self, f"node_paths_{level}")[unique]  # (u, L) offset codes, -1 = none
+        summed = (self.path_emb(paths.clamp(min=0)) * (paths >= 0).unsqueeze(-1)).sum(1)
+        return self.node_mlp[level - 1](summed)[inverse]
 
     def prefix_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
         """P_level[codes]: what a level-`level` code adds to the state for the levels after it."""

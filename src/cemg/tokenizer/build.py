@@ -83,6 +83,54 @@ def _rms(x: np.ndarray, mask: np.ndarray | None) -> float:
     return value if value > 0 else 1.0
 
 
+def calibrate_collab(features: ItemFeatures, collab: CollabEmbeddings, cfg: TokenizerConfig) -> np.ndarray:
+    """The collaborative vectors the tokenizer fuses, per `cfg.collab_calibration` (see the config).
+
+    "unit" removes the norm, which in LightGCN tracks popularity; "content" also replaces what
+    the graph could not teach: w * unit(e_c) + (1 - w) * unit(ridge(content)), w = n / (n + k), so
+    a cold item's collaborative part says what items with its content are like to the graph,
+    rather than being close to its random initialisation. The ridge (scikit-learn) maps the
+    item's scaled text and image vectors (and their presence flags) to unit(e_c); it is fitted
+    on the items the graph knows well (n > k), and its closed form keeps the result deterministic.
+    """
+    items = collab.items.astype(np.float64)
+    if cfg.collab_calibration == "none":
+        return collab.items
+    if collab.item_counts is None:
+        raise ValueError("tokenizer.collab_calibration needs the collab artifact's item_counts, which this "
+                         "run's collab stage predates: rerun it (`cemg run ... --force collab`)")
+
+    def unit(x: np.ndarray) -> np.ndarray:  # unit RMS per row
+        rms = np.sqrt(np.mean(x**2, axis=1, keepdims=True))
+        return x / np.where(rms > 0, rms, 1.0)
+
+    out = unit(items)
+    if cfg.collab_calibration == "unit":
+        return out.astype(np.float32)
+    columns = []
+    for name in MODALITIES:
+        values, mask = getattr(features, name), getattr(features, f"{name}_mask")
+        if values is None or not {"image": cfg.use_image, "text": cfg.use_text}[name]:
+            continue
+        columns += [values * mask[:, None] / _rms(values, mask), mask[:, None].astype(np.float64)]
+    if not columns:  # collab-only ids (an ablation): no content to predict from; the switched-off
+        # modalities must not leak in through the calibration either
+        log.info("collab calibration 'content' without text or image inputs: unit vectors only")
+        return out.astype(np.float32)
+    content = np.concatenate(columns, axis=1)
+    counts = collab.item_counts.astype(np.float64)
+    k = cfg.collab_prior_weight
+    known = counts > k
+    if known.sum() < 2 * content.shape[1]:  # too few well-known items: fit on every seen item
+        known = counts > 0
+    from sklearn.linear_model import Ridge
+
+    ridge = Ridge(alpha=1.0, solver="cholesky").fit(content[known], out[known])
+    prior = unit(ridge.predict(content))
+    w = (counts / (counts + k))[:, None] if k > 0 else (counts > 0).astype(np.float64)[:, None]
+    return unit(w * out + (1 - w) * prior).astype(np.float32)
+
+
 def prepare_inputs(
     features: ItemFeatures,
     collab: CollabEmbeddings | None,
@@ -124,8 +172,9 @@ def prepare_inputs(
             raise ValueError(f"collab embeddings cover {collab.items.shape[0]} items, features cover {n}")
         if not np.isfinite(collab.items).all():
             raise ValueError("collab embeddings: non-finite values")
-        scales["collab"] = fixed.get("collab") or _rms(collab.items, None)
-        arrays["collab"] = torch.as_tensor(collab.items / scales["collab"], dtype=torch.float32, device=device)
+        vectors = calibrate_collab(features, collab, cfg)
+        scales["collab"] = fixed.get("collab") or _rms(vectors, None)
+        arrays["collab"] = torch.as_tensor(vectors / scales["collab"], dtype=torch.float32, device=device)
     else:
         arrays["collab"] = None
     if all(arrays[m] is None for m in ("image", "text", "collab")):
