@@ -159,7 +159,7 @@ class T5GeneratorConfig(_Section):
 
     lr: float = 1e-3  # lost in our copy; chosen by validation
     epochs: int = 50
-    # How the decoder runs inside constrained beam search (src/cemg/generator/decoding.py); all three
+    # How the decoder runs inside constrained beam search (T5Step in src/cemg/generator/t5.py); all three
     # give the same rankings, "packed" measured fastest or level on CPU (bench/generator_speed.py).
     decoding: Literal["packed", "cache", "recompute"] = "packed"
 

@@ -232,13 +232,7 @@ def run_pipeline(
 
 
 def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str, checkpoint: TrainingCheckpoint):
-    """`generator.backbone: causal` picks the decoder-only item-level generator; any other value
-    is a T5 preset or checkpoint (the paper's seq2seq generator)."""
-    if cfg.generator.backbone == "causal":
-        from cemg.generator.causal import train_causal_generator
-
-        return train_causal_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
-                                      checkpoint=checkpoint)
+    """The generator `generator.backbone` names (cemg.generator.backbone_family), by the shared trainer."""
     from cemg.generator import train_generator
 
     return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
