@@ -210,9 +210,13 @@ def run_pipeline(
     if last <= STAGES.index("tokenizer"):
         return result
 
-    from cemg.generator import load_generator
+    from cemg.generator import backbone_family, load_generator
 
-    h_gen = fingerprint("generator", h_tok, h_data, dump(cfg.generator), cfg.data.max_history, cfg.seed)
+    # generator.t5_decoder is left out unless that family trains: it was added after generators
+    # were trained, and adding it must not invalidate them.
+    gen_section = cfg.generator.model_dump(
+        mode="json", exclude=None if backbone_family(cfg.generator.backbone) == "t5-decoder" else {"t5_decoder"})
+    h_gen = fingerprint("generator", h_tok, h_data, gen_section, cfg.data.max_history, cfg.seed)
     generator = _stage(
         result, "generator", h_gen,
         lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device, checkpoint("generator", h_gen)),

@@ -6,7 +6,7 @@ constrained beam search through the evaluation protocol) every `eval_every` epoc
 the best model restored at the end, a checkpoint (cemg.checkpoint) after steps and epochs so a
 killed run resumes bit-identically, and data-parallel training under torchrun (cemg.distributed).
 
-What differs is a `Family` (t5.py, causal.py): what one training example is, how a
+What differs is a `Family` (t5.py, t5_decoder.py, causal.py): what one training example is, how a
 batch of them becomes tensors, and the loss on it; and the recommender that validation ranks with.
 `train_generator` picks the family from `generator.backbone`.
 """
@@ -98,6 +98,10 @@ def make_family(split: SplitDataset, semantic_ids: SemanticIds, cfg: GeneratorCo
         from cemg.generator.causal import CausalFamily
 
         return CausalFamily(split, semantic_ids, cfg, device)
+    if family == "t5-decoder":
+        from cemg.generator.t5_decoder import TokenDecoderFamily
+
+        return TokenDecoderFamily(split, semantic_ids, cfg, seed, device)
     from cemg.generator.t5 import T5Family
 
     return T5Family(split, semantic_ids, cfg, seed, device)
