@@ -28,9 +28,8 @@ import torch
 
 from cemg.artifacts import atomic_write_text
 from cemg.config import GeneratorConfig
-from cemg.generator.backbone import build_backbone
-from cemg.generator.decoding import DECODE_MODES, PrefixTree, constrained_beam_search
-from cemg.generator.model import GenerativeRecommender
+from cemg.generator.search import PrefixTree
+from cemg.generator.t5 import DECODE_MODES, GenerativeRecommender, build_backbone, constrained_beam_search
 from speed import synthetic_semantic_ids
 
 log = logging.getLogger("bench.generator_speed")
@@ -39,7 +38,7 @@ log = logging.getLogger("bench.generator_speed")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--preset", default="t5-tiny", help="backbone preset (cemg.generator.backbone.PRESETS)")
+    parser.add_argument("--preset", default="t5-tiny", help="backbone preset (cemg.generator.t5.PRESETS)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--items", type=int, default=12_000)
     parser.add_argument("--users", type=int, default=256, help="users decoded per setting")

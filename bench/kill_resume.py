@@ -48,7 +48,7 @@ CONFIG = ROOT / "src" / "cemg" / "configs" / "demo.yaml"
 STARTED = {
     "collab": "cemg.collab.lightgcn: LightGCN graph:",
     "tokenizer": "cemg.tokenizer.build: tokenizer: ",
-    "generator": "cemg.generator.causal: causal generator, ",
+    "generator": "cemg.generator.train: causal generator, ",
 }
 SMALL = ["collab.epochs=30", "tokenizer.epochs=40", "generator.causal.epochs=12", "checkpoint_seconds=0"]
 

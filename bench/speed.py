@@ -10,7 +10,7 @@ Run from the repository root (configs/beauty.yaml reads ../shared/data):
 (--ids, default the residual k-means ids of bench/causal_beauty.py), one after the other, each in its
 own process so its peak RSS is its own:
 
-- t5-tiny: the paper-style reference (cemg.generator.train's data path: one example per history
+- t5-tiny: the paper-style reference (cemg.generator.t5's data path: one example per history
   prefix, M tokens per history item, length-bucketed batches, TIGER's small T5);
 - causal-gpt2 / causal-llama: the item-level generator (cemg.generator.causal's data path: one
   window per user, a prediction at every position), default config, GPT-2 or Llama backbone.
@@ -66,17 +66,15 @@ from cemg.config import GeneratorConfig, load_config  # noqa: E402
 from cemg.data.load import load_dataset  # noqa: E402
 from cemg.data.split import SplitDataset, leave_one_out  # noqa: E402
 from cemg.evaluation.protocol import Recommender, evaluate  # noqa: E402
-from cemg.generator.backbone import build_backbone  # noqa: E402
 from cemg.generator.causal import (  # noqa: E402
     CausalGenerativeRecommender,
     CausalSemanticModel,
     CausalSpec,
-    length_sorted_batches,
     training_windows,
 )
-from cemg.generator.decoding import PrefixTree  # noqa: E402
-from cemg.generator.model import GenerativeRecommender  # noqa: E402
-from cemg.generator.train import NextItemExamples, length_bucketed_batches  # noqa: E402
+from cemg.generator.search import PrefixTree  # noqa: E402
+from cemg.generator.t5 import GenerativeRecommender, NextItemExamples, build_backbone  # noqa: E402
+from cemg.generator.train import length_bucketed_batches  # noqa: E402
 from cemg.tokenizer.build import make_unique  # noqa: E402
 from cemg.tokenizer.semantic_ids import SemanticIds  # noqa: E402
 
@@ -122,7 +120,7 @@ class Trainee:
 
 
 def t5_trainee(split: SplitDataset, ids: SemanticIds, cfg: GeneratorConfig, seed: int) -> Trainee:
-    """cemg.generator.train's batches: sliding-window examples, M tokens per history item."""
+    """cemg.generator.t5's batches: sliding-window examples, M tokens per history item."""
     model, vocab = build_backbone(cfg.backbone, ids.codebook_sizes, seed)
     rec = GenerativeRecommender(model, vocab, ids, cfg, split.max_history)
     examples = NextItemExamples.from_sequences(split.train, split.max_history)
@@ -155,7 +153,7 @@ def causal_trainee(split: SplitDataset, ids: SemanticIds, cfg: GeneratorConfig, 
         return rec.model.loss(rec.model.encode(x)[keep], y[keep], rec.tree), int(keep.sum())
 
     return Trainee(rec.model, rec, cfg.causal.lr,
-                   lambda rng: length_sorted_batches(lengths, cfg.batch_size, rng), loss)
+                   lambda rng: length_bucketed_batches(lengths, cfg.batch_size, rng, bucket_batches=16), loss)
 
 
 def train_timed(trainee: Trainee, valid: SplitDataset, cfg, opts: dict, seed: int) -> dict:

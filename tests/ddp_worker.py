@@ -1,5 +1,5 @@
-"""Trains the tiny RQ-VAE, causal and T5 generators of tests/test_distributed.py and writes what
-they learned to a JSON file; run as a single process, or under torchrun (rank 0 writes)."""
+"""Trains the tiny RQ-VAE, causal, T5 and T5-decoder generators of tests/test_distributed.py and
+writes what they learned to a JSON file; run as a single process, or under torchrun (rank 0 writes)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import torch
 
 from cemg import distributed
 from cemg.collab.artifact import CollabEmbeddings
-from cemg.config import CausalGeneratorConfig, GeneratorConfig, T5GeneratorConfig, TokenizerConfig
+from cemg.config import (
+    CausalGeneratorConfig,
+    GeneratorConfig,
+    T5DecoderGeneratorConfig,
+    T5GeneratorConfig,
+    TokenizerConfig,
+)
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.features.artifact import ItemFeatures
@@ -85,11 +91,24 @@ def t5_run(folder: Path) -> dict:
     return {"valid": [r["valid"]["NDCG@10"] for r in info["history"]], "params": flat_params(rec.model)}
 
 
+def t5_decoder_run() -> dict:
+    from cemg.generator import t5_decoder
+    from cemg.generator.train import train_generator
+
+    # Presets carry dropout, which draws per process; this one is the mini preset without it.
+    t5_decoder.PRESETS["t5-decoder-ddp-test"] = {**t5_decoder.PRESETS["t5-decoder-mini"], "d_model": 32, "d_kv": 8,
+                                                 "d_ff": 64, "dropout_rate": 0.0}
+    cfg = GeneratorConfig(backbone="t5-decoder-ddp-test", t5_decoder=T5DecoderGeneratorConfig(epochs=3), batch_size=16,
+                          beams=5, patience=10, valid_users=None, eval_batch_size=32)
+    rec, info = train_generator(toy_split(), toy_ids(), cfg, seed=6)
+    return {"valid": [r["valid"]["NDCG@10"] for r in info["history"]], "params": flat_params(rec.model)}
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     distributed.setup("cpu")
     results = {"world_size": distributed.world_size(), "tokenizer": tokenizer_run(), "causal": causal_run(),
-               "t5": t5_run(out.parent)}
+               "t5": t5_run(out.parent), "t5_decoder": t5_decoder_run()}
     if distributed.is_main():
         out.write_text(json.dumps(results), encoding="utf-8")
 
@@ -97,7 +116,7 @@ def main(out: Path) -> None:
 def compare(one: Path, two: Path) -> None:
     """Print how far two result files (one process, torchrun) are apart."""
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
-    for name in ("tokenizer", "causal", "t5"):
+    for name in ("tokenizer", "causal", "t5", "t5_decoder"):
         diff = np.abs(np.array(a[name]["params"]) - np.array(b[name]["params"])).max()
         line = f"{name}: {len(a[name]['params']):,} weights, max |difference| {diff:.2e}"
         if "valid" in a[name]:

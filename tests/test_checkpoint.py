@@ -11,7 +11,14 @@ import torch
 
 from cemg.checkpoint import STATE_FILE, TrainingCheckpoint
 from cemg.collab.artifact import CollabEmbeddings
-from cemg.config import CausalGeneratorConfig, CollabConfig, GeneratorConfig, T5GeneratorConfig, TokenizerConfig
+from cemg.config import (
+    CausalGeneratorConfig,
+    CollabConfig,
+    GeneratorConfig,
+    T5DecoderGeneratorConfig,
+    T5GeneratorConfig,
+    TokenizerConfig,
+)
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.features.artifact import ItemFeatures
@@ -200,3 +207,19 @@ def test_causal_generator_resumed_equals_uninterrupted(tmp_path):
     _same_state(whole.model, resumed.model)
     assert [r["loss"] for r in whole.info["history"]] == [r["loss"] for r in resumed.info["history"]]
     assert whole.info["best_epoch"] == resumed.info["best_epoch"]
+
+
+def test_t5_decoder_generator_resumed_mid_epoch_equals_uninterrupted(tmp_path):
+    from cemg.generator.train import train_generator
+
+    split, ids = _toy_split(), _toy_ids()
+    # The preset's dropout (0.1) is on, so the resumed steps must draw the same masks.
+    cfg = GeneratorConfig(backbone="t5-decoder-mini", t5_decoder=T5DecoderGeneratorConfig(epochs=3), batch_size=16,
+                          beams=5, patience=10, valid_users=None, eval_batch_size=32)
+    whole, _ = train_generator(split, ids, cfg, seed=5)
+    # 4 steps per epoch (60 windows of 16), and a chance to save after each: dying at call 7 is
+    # mid-epoch 2, after a save at call 6.
+    resumed, _ = _killed_then_resumed(lambda ck: train_generator(split, ids, cfg, 5, checkpoint=ck),
+                                      tmp_path / "ck", die_at=7)
+    _same_state(whole.model, resumed.model)
+    assert [r["loss"] for r in whole.info["history"]] == [r["loss"] for r in resumed.info["history"]]

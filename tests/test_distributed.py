@@ -1,5 +1,5 @@
-"""Data-parallel training: `torchrun --nproc_per_node=2` (Gloo, CPU) trains the RQ-VAE, the causal
-and the T5 generator to what one process trains with the same global batches.
+"""Data-parallel training: `torchrun --nproc_per_node=2` (Gloo, CPU) trains the RQ-VAE, the causal,
+the T5 and the T5-decoder generator to what one process trains with the same global batches.
 
 Both runs draw the same batches; under DDP each rank takes half of every batch and the gradients
 are averaged, weighted so that they equal the gradient of the whole batch's mean loss. What is left
@@ -50,16 +50,16 @@ def test_torchrun_two_processes_match_one(tmp_path):
     ddp = _launch([str(torchrun), "--standalone", "--nproc_per_node=2"], ddp_out)
     # The one-process reference runs here meanwhile: most of the launched run is importing torch.
     one = {"world_size": 1, "tokenizer": ddp_worker.tokenizer_run(), "causal": ddp_worker.causal_run(),
-           "t5": ddp_worker.t5_run(tmp_path)}
+           "t5": ddp_worker.t5_run(tmp_path), "t5_decoder": ddp_worker.t5_decoder_run()}
     two = _finish(ddp, ddp_out)
 
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["tokenizer"]["codes"] == two["tokenizer"]["codes"]
     assert abs(one["tokenizer"]["recon"] - two["tokenizer"]["recon"]) < 1e-5
-    for name in ("tokenizer", "causal", "t5"):
+    for name in ("tokenizer", "causal", "t5", "t5_decoder"):
         a, b = np.array(one[name]["params"]), np.array(two[name]["params"])
         assert a.shape == b.shape
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-4, err_msg=name)
-    for name in ("causal", "t5"):
+    for name in ("causal", "t5", "t5_decoder"):
         np.testing.assert_allclose(two[name]["valid"], one[name]["valid"], rtol=0, atol=1e-6, err_msg=name)
     assert one["causal"]["best_epoch"] == two["causal"]["best_epoch"]

@@ -242,7 +242,7 @@ class ItemCatalogue:
 
 
 def load_generator(run: Path | str | RunFolder, cfg: CEMGConfig, device: str = "auto", seed: int | None = None):
-    """The trained generator of a run: causal (`generator.backbone: causal`) or T5 (any other)."""
+    """The trained generator of a run, of the family `generator.backbone` names."""
     run = _run_folder(run, seed)
     folder = run.stage("generator")
     if not run.has("generator"):
@@ -271,8 +271,10 @@ class Recommender:
         self.config = config
         self.evaluation = evaluation or {}
         self.run_dir = run_dir
-        self.backbone = "causal" if config.generator.backbone == "causal" else "t5"
         from cemg.data.split import leave_one_out
+        from cemg.generator import backbone_family
+
+        self.backbone = backbone_family(config.generator.backbone)
 
         # The popularity fallback counts the training interactions only, as the Popularity baseline does.
         counts = leave_one_out(catalogue.dataset, config.data.max_history).train_item_counts()

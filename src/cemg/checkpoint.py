@@ -2,8 +2,8 @@
 
 A stage's artifact is written only when its training has finished (cemg.artifacts); for a run of
 minutes to hours that is not enough, because a `kill -9`, an out-of-memory kill or a lost machine
-throws the whole stage away. Every training loop (LightGCN, the RQ-VAE, the T5 and the causal
-generator) therefore saves, at the end of an epoch (and, for loops with long epochs, after a step)
+throws the whole stage away. Every training loop (LightGCN, the RQ-VAE, the generator's shared
+loop) therefore saves, at the end of an epoch (and, for loops with long epochs, after a step)
 once `every_seconds` have passed since the last save:
 
 - the model's, optimiser's and learning-rate scheduler's state dicts;

@@ -175,9 +175,19 @@ class T5GeneratorConfig(_Section):
 
     lr: float = 1e-3  # lost in our copy; chosen by validation
     epochs: int = 50
-    # How the decoder runs inside constrained beam search (src/cemg/generator/decoding.py); all three
+    # How the decoder runs inside constrained beam search (T5Step in src/cemg/generator/t5.py); all three
     # give the same rankings, "packed" measured fastest or level on CPU (bench/generator_speed.py).
     decoding: Literal["packed", "cache", "recompute"] = "packed"
+
+
+class T5DecoderGeneratorConfig(_Section):
+    """The token-level decoder-only T5 (src/cemg/generator/t5_decoder.py; not in the paper's
+    experiments): the T5 decoder stack alone over the history's semantic tokens, every item of a
+    user's window after the first a target, in one causal pass. Sizes come from the backbone's
+    preset (t5-decoder-tiny, t5-decoder-mini)."""
+
+    lr: float = 1e-3  # AdamW peak; not tuned yet: the T5's
+    epochs: int = 60  # not tuned yet: the causal generator's, which also takes one window per user
 
 
 class GeneratorConfig(_Section):
@@ -190,6 +200,8 @@ class GeneratorConfig(_Section):
     # "causal" (the default) is the decoder-only item-level generator: on Beauty it trains ~150x
     # more predictions per second than the paper-style T5 (docs/results.md, "Speed").
     # "t5-tiny"/"t5-mini" are TIGER-sized T5s built from scratch (the paper's seq2seq generator);
+    # "t5-decoder" (= "t5-decoder-tiny") and "t5-decoder-mini" are the T5 decoder alone over the
+    # history's tokens, trained at every item in one pass (generator.t5_decoder);
     # any other name is loaded with from_pretrained (e.g. "t5-small" or a local folder) and gets the
     # semantic tokens appended to its vocabulary.
     backbone: str = "causal"
@@ -206,6 +218,7 @@ class GeneratorConfig(_Section):
     eval_batch_size: int = 128  # users per beam-search batch
     causal: CausalGeneratorConfig = Field(default_factory=CausalGeneratorConfig)
     t5: T5GeneratorConfig = Field(default_factory=T5GeneratorConfig)
+    t5_decoder: T5DecoderGeneratorConfig = Field(default_factory=T5DecoderGeneratorConfig)
 
     @model_validator(mode="after")
     def _hybrid_needs_causal(self) -> "GeneratorConfig":

@@ -213,9 +213,13 @@ def run_pipeline(
     if last <= STAGES.index("tokenizer"):
         return result
 
-    from cemg.generator import load_generator
+    from cemg.generator import backbone_family, load_generator
 
-    h_gen = fingerprint("generator", h_tok, h_data, dump(cfg.generator), cfg.data.max_history, cfg.seed)
+    # generator.t5_decoder is left out unless that family trains: it was added after generators
+    # were trained, and adding it must not invalidate them.
+    gen_section = cfg.generator.model_dump(
+        mode="json", exclude=None if backbone_family(cfg.generator.backbone) == "t5-decoder" else {"t5_decoder"})
+    h_gen = fingerprint("generator", h_tok, h_data, gen_section, cfg.data.max_history, cfg.seed)
     generator = _stage(
         result, "generator", h_gen,
         lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device, checkpoint("generator", h_gen)),
@@ -235,13 +239,7 @@ def run_pipeline(
 
 
 def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str, checkpoint: TrainingCheckpoint):
-    """`generator.backbone: causal` picks the decoder-only item-level generator; any other value
-    is a T5 preset or checkpoint (the paper's seq2seq generator)."""
-    if cfg.generator.backbone == "causal":
-        from cemg.generator.causal import train_causal_generator
-
-        return train_causal_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
-                                      checkpoint=checkpoint)
+    """The generator `generator.backbone` names (cemg.generator.backbone_family), by the shared trainer."""
     from cemg.generator import train_generator
 
     return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,

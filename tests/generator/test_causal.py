@@ -13,7 +13,6 @@ from cemg.generator.causal import (
     CausalSemanticModel,
     CausalSpec,
     left_padded,
-    length_sorted_batches,
     train_causal_generator,
     training_windows,
 )
@@ -55,13 +54,6 @@ def test_windows_are_left_padded_next_item_pairs():
     assert inputs.tolist() == [[-1, 5, 6], [12, 13, 14]]
     assert targets.tolist() == [[-1, 6, 7], [13, 14, 15]]
     assert left_padded([np.array([], np.int64), np.array([1, 2])], 3).tolist() == [[-1, -1, -1], [-1, 1, 2]]
-
-
-def test_length_sorted_batches_partition_and_cut_padding():
-    lengths = np.random.default_rng(0).integers(1, 21, size=1000)
-    batches = length_sorted_batches(lengths, 32, np.random.default_rng(1), chunk_batches=8)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-    assert sum(lengths[b].max() * len(b) for b in batches) < 1.3 * lengths.sum()
 
 
 @pytest.mark.parametrize(

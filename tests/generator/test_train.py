@@ -9,8 +9,8 @@ from cemg.config import EvalConfig, GeneratorConfig, T5GeneratorConfig
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.evaluation.protocol import evaluate
-from cemg.generator.model import GenerativeRecommender
-from cemg.generator.train import NextItemExamples, length_bucketed_batches, train_generator
+from cemg.generator.t5 import GenerativeRecommender, NextItemExamples
+from cemg.generator.train import length_bucketed_batches, train_generator
 from cemg.tokenizer.semantic_ids import SemanticIds
 
 N_ITEMS, SIZES = 40, [8, 8, 4]

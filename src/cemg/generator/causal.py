@@ -1,48 +1,43 @@
-"""A causal generative recommender over semantic ids that trains like SASRec (not in the paper).
+"""A causal item-level generative recommender over semantic ids that trains like SASRec (not in the paper).
 
-The paper's generator (model.py, train.py) is a T5 reading M tokens per history item, trained on
-one sliding window per prefix; on a CPU that costs tens of minutes per Beauty epoch. Here:
+The paper's generator (t5.py) is a T5 reading M tokens per history item, trained on one sliding
+window per prefix; on a CPU that costs tens of minutes per Beauty epoch. Here:
 
-- each history item enters as ONE vector, the sum of its code embeddings sum_l E_l[c_l]
-  (optionally plus a learned item-id embedding), so a history of n items is n positions, not n * M;
+- each history item enters as ONE vector, the sum of its code embeddings sum_l E_l[c_l] (semantic
+  mode: plus an MLP of them; hybrid mode: plus a learned item-id embedding), so a history of n
+  items is n positions, not n * M;
 - a small decoder-only transformer (Hugging Face GPT-2 or Llama, built from a config) runs once
   over a user's training window and predicts the next item at EVERY position, as SASRec does;
 - the next item's codes come out level by level: logits_l = head_l(h_t + sum_{j<l} P_j[c_j]) over
   the K_l codes of level l, trained with teacher forcing (sum of the levels' cross-entropies);
-- recommendation is trie-constrained beam search over the levels (PrefixTree, Exclusion from
-  decoding.py), so every returned code sequence is a real item, as in paper 4.2.4.
-
-A beam step costs one small head on (users, beams, d): the transformer runs once per user.
+- recommendation is the shared trie-constrained beam search (search.py) fed by `CausalStep`, so
+  every returned code sequence is a real item, as in paper 4.2.4. A beam step costs one small head
+  on (users, beams, d): the transformer runs once per user;
+- `CausalFamily` is what the shared trainer (train.py) needs: one window per user and its loss.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import AutoModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, get_linear_schedule_with_warmup
+from transformers import AutoModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
 from cemg import distributed
-from cemg.artifacts import atomic_dir
 from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import EvalConfig, GeneratorConfig, resolve_device
 from cemg.data.split import SplitDataset
-from cemg.evaluation.protocol import evaluate
-from cemg.generator.decoding import Exclusion, PrefixTree, search_in_batches
-from cemg.generator.model import SemanticIdRecommender, load_generator_meta, save_generator_meta
+from cemg.generator.recommender import SemanticIdRecommender, load_generator_meta, save_generator_meta
+from cemg.generator.search import Exclusion, PrefixTree, beam_search
+from cemg.generator.train import length_bucketed_batches, train_family
 from cemg.tokenizer.semantic_ids import SemanticIds
-
-log = logging.getLogger(__name__)
 
 META = "causal.json"
 HEADS_FILE = "heads.safetensors"
@@ -319,6 +314,29 @@ class CausalSemanticModel(nn.Module):
         return total.reshape(n, m)
 
 
+class CausalStep:
+    """The causal model's per-level scores for the shared search (search.BeamStep). A beam is its
+    user's last state plus the running P-sum of its codes; each level scores every beam's codes with
+    log-softmax over the level's codebook (over the node's children with trie softmax)."""
+
+    def __init__(self, model: CausalSemanticModel, hidden: torch.Tensor):
+        self.model, self.hidden = model, hidden  # (n, d) the users' last states
+        self.prefix = torch.zeros((hidden.shape[0], 1, hidden.shape[1]), dtype=hidden.dtype,
+                                  device=hidden.device)  # (n, width, d)
+
+    def log_probs(self, depth: int, child: torch.Tensor) -> torch.Tensor:
+        (n, width, _), size = self.prefix.shape, child.shape[1]
+        child = child.reshape(n, width, size)
+        logits = self.model.level_logits(depth, self.hidden[:, None, :] + self.prefix, child).float()
+        if self.model.spec.trie_softmax:  # normalise over the node's children, as training did
+            logits = logits.masked_fill(child < 0, NEG_INF)
+        return logits.log_softmax(-1).reshape(n * width, size)
+
+    def advance(self, depth: int, parent: torch.Tensor, code: torch.Tensor) -> None:
+        source = parent[..., None].expand(-1, -1, self.prefix.shape[-1])
+        self.prefix = self.prefix.gather(1, source) + self.model.prefix_vectors(depth, code)
+
+
 @torch.no_grad()
 def causal_beam_search(
     model: CausalSemanticModel,
@@ -327,51 +345,8 @@ def causal_beam_search(
     beams: int,
     exclusion: Exclusion | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, d) users' last states -> top-`beams` (items, scores), best first, -1 / -inf padded.
-
-    A beam is a prefix-tree node plus the running P-sum of its codes; each level scores every
-    beam's codes with log-softmax over the level's codebook, masks codes that leave the tree or lead
-    only to excluded items, and keeps the best `beams` over all (beam, code) pairs of a user.
-    """
-    n, d, device = hidden.shape[0], hidden.shape[1], hidden.device
-    if n == 0:
-        return torch.zeros((0, beams), dtype=torch.long), torch.zeros((0, beams))
-    users = torch.arange(n, device=device)
-    nodes = torch.zeros((n, 1), dtype=torch.long, device=device)  # (n, width) depth-l nodes
-    scores = torch.zeros((n, 1), device=device)
-    prefix = torch.zeros((n, 1, d), dtype=hidden.dtype, device=device)  # (n, width, d)
-    if exclusion is not None:
-        root_dead = exclusion.dead(tree, 0, users, nodes[:, 0])
-        nodes[root_dead] = -1
-        scores[root_dead] = NEG_INF
-    for depth in range(tree.levels):
-        width, size = nodes.shape[1], tree.codebook_sizes[depth]
-        child = tree.children(depth, nodes.reshape(-1))  # (n * width, K)
-        logits = model.level_logits(depth, hidden[:, None, :] + prefix, child.reshape(n, width, size)).float()
-        allowed = child >= 0
-        if model.spec.trie_softmax:  # normalise over the node's children, as training did
-            logits = logits.masked_fill(~allowed.reshape(n, width, size), NEG_INF)
-        log_probs = logits.log_softmax(-1)
-        if exclusion is not None:
-            # Only real children are looked up: most of the dense (beams, K) table is empty, and the
-            # lookup (a searchsorted per entry) was 60% of recommendation time when run on all of it.
-            rows, codes = allowed.nonzero(as_tuple=True)
-            dead = exclusion.dead(tree, depth + 1, torch.div(rows, width, rounding_mode="floor"), child[rows, codes])
-            allowed[rows[dead], codes[dead]] = False
-        candidates = torch.where(allowed, scores.reshape(-1, 1) + log_probs.reshape(n * width, size), NEG_INF)
-        keep = min(beams, width * size)
-        scores, picked = candidates.reshape(n, width * size).topk(keep, dim=1)
-        nodes = child.reshape(n, width * size).gather(1, picked)
-        nodes[scores == NEG_INF] = -1
-        if depth + 1 == tree.levels:
-            break
-        source = (picked // size)[..., None].expand(-1, -1, d)
-        prefix = prefix.gather(1, source) + model.prefix_vectors(depth, picked % size)
-    items = torch.where(nodes >= 0, tree.leaf_item[nodes.clamp(min=0)], -1)
-    if items.shape[1] < beams:
-        items = F.pad(items, (0, beams - items.shape[1]), value=-1)
-        scores = F.pad(scores, (0, beams - scores.shape[1]), value=NEG_INF)
-    return items, scores
+    """(n, d) users' last states -> top-`beams` (items, scores), best first, -1 / -inf padded."""
+    return beam_search(tree, CausalStep(model, hidden), len(hidden), beams, exclusion, hidden.device)
 
 
 def left_padded(histories: Sequence[np.ndarray], width: int) -> np.ndarray:
@@ -417,24 +392,8 @@ class CausalGenerativeRecommender(SemanticIdRecommender):
         items = torch.from_numpy(left_padded(histories, width)).to(self.device)
         return self.model.encode(items)[:, -1]
 
-    def recommend_with_scores(
-        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(items (n, k) int64, scores (n, k) float32 sequence log-probs), best first; -1 / -inf pad.
-
-        The beam is `config.beams` wide, widened to k when k is larger; prefixes whose items are
-        all excluded are pruned, so a user gets min(k, items not excluded) items.
-        """
-        if exclude is not None and len(exclude) != len(histories):
-            raise ValueError(f"exclude has {len(exclude)} rows for {len(histories)} histories")
-        beams = max(self.config.beams, k)
-
-        def search(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = self.last_states(histories[lo:hi])
-            excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo:hi], self.device)
-            return causal_beam_search(self.model, self.tree, hidden, beams, excl)
-
-        return search_in_batches(self.model, len(histories), k, self.config.eval_batch_size, search)
+    def beam_step(self, histories: Sequence[np.ndarray]) -> CausalStep:
+        return CausalStep(self.model, self.last_states(histories))
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
@@ -474,20 +433,6 @@ def training_windows(train: Sequence[np.ndarray], max_history: int) -> tuple[np.
     return left_padded([w[:-1] for w in windows], max_history), left_padded([w[1:] for w in windows], max_history)
 
 
-def length_sorted_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
-                          chunk_batches: int = 16) -> list[np.ndarray]:
-    """Shuffled batches of windows of similar length. Beauty's windows hold ~7 of 20 items, and a
-    batch is trimmed to its longest row, so sorting inside random chunks removes most padding."""
-    order = rng.permutation(len(lengths))
-    batches = []
-    for lo in range(0, len(order), batch_size * chunk_batches):
-        part = order[lo : lo + batch_size * chunk_batches]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-
 class _WindowLoss(nn.Module):
     """One training step's forward as a single module call, which DistributedDataParallel wraps.
 
@@ -511,6 +456,41 @@ class _WindowLoss(nn.Module):
         return weighted, loss.detach(), n
 
 
+class CausalFamily:
+    """The causal model in the shared trainer (train.py): one window per user (its last
+    max_history + 1 training items), every position a prediction; a step weighs its positions."""
+
+    label = "causal generator"
+    # GPT-2's token table is never used (inputs_embeds), so DDP must not wait for its gradient.
+    find_unused_parameters = True
+    eval_batch_size = 4096
+
+    def __init__(self, split: SplitDataset, semantic_ids: SemanticIds, cfg: GeneratorConfig, device: str):
+        spec = CausalSpec.from_config(cfg, semantic_ids, split.max_history)
+        self.recommender = CausalGenerativeRecommender(CausalSemanticModel(spec, semantic_ids.codes), semantic_ids,
+                                                       cfg, device)
+        self.backbone = f"causal-{cfg.causal.backbone}"
+        self.epochs, self.lr = cfg.causal.epochs, cfg.causal.lr
+        self.windows, self.targets = training_windows(split.train, split.max_history)
+        self.lengths = (self.windows >= 0).sum(1)
+        self.n_examples = len(self.windows)
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        # Chunks of 16 batches (the T5 sorts within 50): the causal loop's draw since it was written.
+        return length_bucketed_batches(self.lengths, batch_size, rng, bucket_batches=16)
+
+    def inputs(self, rows: np.ndarray, n_global: int, device: torch.device | str) -> tuple:
+        width = int(self.lengths[rows].max())  # trimmed to the batch's longest window
+        return (torch.from_numpy(self.windows[rows, -width:]).to(device),
+                torch.from_numpy(self.targets[rows, -width:]).to(device))
+
+    def loss_module(self) -> nn.Module:
+        return _WindowLoss(self.recommender.model, self.recommender.tree)
+
+    def record(self) -> dict[str, Any]:
+        return {"n_windows": self.n_examples, "n_positions": int(self.lengths.sum())}
+
+
 def train_causal_generator(
     split: SplitDataset,
     semantic_ids: SemanticIds,
@@ -521,114 +501,7 @@ def train_causal_generator(
     out_dir: Path | None = None,
     checkpoint: TrainingCheckpoint | None = None,
 ) -> CausalGenerativeRecommender:
-    """Train on split.train only; return the best-on-validation (NDCG@10) recommender.
-
-    Its `info` holds the per-epoch curve, epochs run, best epoch, seconds and parameter count.
-    With `out_dir`, the final (best) model is saved there. With a `checkpoint`, the training state
-    is saved after epochs and a rerun resumes from it. Under torchrun each rank trains on its share
-    of every batch and rank 0 evaluates (cemg.distributed).
-    """
-    if semantic_ids.n_items != split.n_items:
-        raise ValueError(f"semantic ids cover {semantic_ids.n_items} items but the dataset has {split.n_items}")
-    device = distributed.setup(resolve_device(device))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    spec = CausalSpec.from_config(cfg, semantic_ids, split.max_history)
-    rec = CausalGenerativeRecommender(CausalSemanticModel(spec, semantic_ids.codes), semantic_ids, cfg, device)
-    model = rec.model
-    eval_cfg = eval_cfg or EvalConfig()
-    eval_cfg = eval_cfg.model_copy(update={"ks": sorted(set(eval_cfg.ks) | {10})})
-    valid_split = split.with_valid_subsample(cfg.valid_users, seed)
-
-    inputs, targets = training_windows(split.train, split.max_history)
-    if len(inputs) == 0:
-        raise ValueError("no training sequence has two or more items; nothing to train on")
-    lengths = (inputs >= 0).sum(1)
-    steps_per_epoch = -(-len(inputs) // cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.causal.lr, weight_decay=cfg.weight_decay)
-    total_steps = steps_per_epoch * cfg.causal.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("causal generator, %s mode: %d windows (%d target positions), %d steps/epoch, %d parameters, "
-             "%d validation users, device %s", cfg.mode, len(inputs), int(lengths.sum()), steps_per_epoch, n_params,
-             len(valid_split.valid), device)
-
-    curve: list[dict] = []
-    best = {"ndcg": -1.0, "epoch": 0, "state": None}
-    stale, start, first = 0, time.perf_counter(), 1
-    # GPT-2's token table is never used (inputs_embeds), so DDP must not wait for its gradient.
-    step_loss = distributed.wrap(_WindowLoss(model, rec.tree), device, find_unused_parameters=True)
-    distributed.seed_per_rank(seed)
-    checkpoint = checkpoint or TrainingCheckpoint(None)
-    saved = checkpoint.restore(model=model, optimizer=optimizer, scheduler=scheduler, generators={"batches": rng})
-    if saved is not None:
-        curve, best, stale, first = saved["curve"], saved["best"], saved["stale"], saved["epoch"] + 1
-        start -= saved["seconds"]
-    bar = tqdm(range(first, cfg.causal.epochs + 1), desc="causal generator", unit="epoch", initial=first - 1,
-               total=cfg.causal.epochs, disable=None if distributed.is_main() else True)
-    for epoch in bar:
-        model.train()
-        tic, total, count = time.perf_counter(), 0.0, 0
-        for rows in length_sorted_batches(lengths, cfg.batch_size, rng):
-            if len(rows) < distributed.world_size():
-                continue  # a rank would get no rows: this tail batch is skipped by every rank alike
-            rows = distributed.shard(rows)
-            width = int(lengths[rows].max())
-            x = torch.from_numpy(inputs[rows, -width:]).to(device)
-            y = torch.from_numpy(targets[rows, -width:]).to(device)
-            weighted, loss, n = step_loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            weighted.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total, count = total + float(loss) * n, count + n
-        row = {"epoch": epoch, "loss": total / max(count, 1), "train_seconds": time.perf_counter() - tic}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.causal.epochs:
-            result = evaluate(rec, valid_split, "valid", eval_cfg, batch_size=4096) if distributed.is_main() else None
-            result = distributed.broadcast_object(result)  # every rank takes rank 0's early-stopping decision
-            row.update(valid=result.metrics, eval_seconds=result.seconds)
-            ndcg = result.metrics["NDCG@10"]
-            if ndcg > best["ndcg"]:
-                best = {"ndcg": ndcg, "epoch": epoch,
-                        "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
-                stale = 0
-            else:
-                stale += 1
-            log.info("causal generator epoch %d: loss %.4f (%.1fs), valid NDCG@10 %.4f HR@10 %.4f (%.1fs)%s",
-                     epoch, row["loss"], row["train_seconds"], ndcg, result.metrics["HR@10"], result.seconds,
-                     " best" if stale == 0 else "")
-            bar.set_postfix(loss=f"{row['loss']:.3f}", valid=f"{ndcg:.4f}", best=f"{best['ndcg']:.4f}")
-        curve.append(row)
-        if stale >= cfg.patience:
-            log.info("causal generator: no better NDCG@10 for %d evaluations; stopping", stale)
-            break
-        if checkpoint.due():
-            checkpoint.save(model=model, optimizer=optimizer, scheduler=scheduler, generators={"batches": rng},
-                            epoch=epoch, curve=curve, best=best, stale=stale, seconds=time.perf_counter() - start)
-    bar.close()
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    seconds = time.perf_counter() - start
-    rec.info = {
-        "mode": cfg.mode,
-        "backbone": f"causal-{cfg.causal.backbone}",
-        "best_epoch": best["epoch"],
-        "best_valid_ndcg10": best["ndcg"],
-        "epochs_run": len(curve),
-        "n_windows": len(inputs),
-        "n_positions": int(lengths.sum()),
-        "n_parameters": n_params,
-        "seconds": seconds,
-        "train_seconds_per_epoch": float(np.mean([r["train_seconds"] for r in curve])),
-        "device": str(device),
-        "history": copy.deepcopy(curve),
-    }
-    if out_dir is not None and distributed.is_main():
-        with atomic_dir(Path(out_dir)) as tmp:
-            rec.save(tmp)
-    log.info("causal generator: trained %d epochs in %.0fs, best epoch %d, valid NDCG@10 %.4f%s", len(curve),
-             seconds, best["epoch"], best["ndcg"], f", saved to {out_dir}" if out_dir else "")
-    return rec
+    """The causal generator trained by the shared trainer (train.train_family), whatever
+    `cfg.backbone` says; the best-on-validation recommender, its record in `.info`."""
+    return train_family(lambda dev: CausalFamily(split, semantic_ids, cfg, dev), split, semantic_ids, cfg, seed,
+                        device, out_dir, eval_cfg, checkpoint)[0]

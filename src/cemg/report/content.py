@@ -84,11 +84,11 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def _generator_info(folder: Path) -> dict[str, Any] | None:
-    # Read the training record without loading the model: causal.json (causal) or generator.json (T5).
-    for name in ("causal.json", "generator.json"):
+    # Read the training record without loading the model: each family saves its own JSON file.
+    for name, kind in (("causal.json", "causal"), ("t5_decoder.json", "t5-decoder"), ("generator.json", "t5")):
         meta = _json(folder / name)
         if meta is not None:
-            return {"kind": "causal" if name == "causal.json" else "t5", **meta.get("info", {})}
+            return {"kind": kind, **meta.get("info", {})}
     return None
 
 

@@ -6,8 +6,7 @@ from cemg.config import EvalConfig, GeneratorConfig
 from cemg.data.dataset import InteractionDataset, ItemTable
 from cemg.data.split import leave_one_out
 from cemg.evaluation.protocol import evaluate
-from cemg.generator.backbone import build_backbone
-from cemg.generator.model import GenerativeRecommender
+from cemg.generator.t5 import GenerativeRecommender, build_backbone
 from cemg.tokenizer.semantic_ids import SemanticIds
 
 SIZES = [6, 5, 4]

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cemg.generator.backbone import build_backbone
-from cemg.generator.decoding import DECODE_MODES, Exclusion, PrefixTree, constrained_beam_search
+from cemg.generator.search import Exclusion, PrefixTree
+from cemg.generator.t5 import DECODE_MODES, build_backbone, constrained_beam_search
 
 SIZES = [4, 3, 5]
 TINY = dict(d_model=32, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16, d_ff=64)

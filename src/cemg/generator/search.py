@@ -1,4 +1,10 @@
-"""Constrained beam search over semantic ids (paper 4.2.4): every generated code sequence is an item.
+"""Trie-constrained beam search over semantic ids (paper 4.2.4): every generated code sequence is an item.
+
+One search for every backbone family. The driver (`beam_search`) keeps each user's beams on the
+items' prefix tree, drops prefixes whose items are all excluded, and ranks by the sum over levels
+of log p(code_l | history, codes_<l); what a family adds is a `BeamStep`, which scores one level's
+codes for the live beams and carries its own state (a T5 decoder's token prefix and cache, the
+causal model's prefix vector) from one level to the next.
 
 The item codes, sorted lexicographically, form a prefix tree whose nodes at depth l are the distinct
 length-l prefixes; the children of a node are a contiguous run of depth-(l+1) nodes, so each depth
@@ -12,13 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import T5ForConditionalGeneration
-
-from cemg.generator.vocab import SemanticVocabulary
 
 NEG_INF = float("-inf")
 
@@ -98,7 +102,6 @@ class PrefixTree:
         return torch.stack(codes[::-1], dim=1) if depth else torch.zeros((1, 0), dtype=torch.long)
 
 
-
 def search_in_batches(
     module: torch.nn.Module,
     n_rows: int,
@@ -122,6 +125,7 @@ def search_in_batches(
     if not items:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     return np.concatenate(items), np.concatenate(scores)
+
 
 @dataclass(frozen=True)
 class Exclusion:
@@ -160,100 +164,58 @@ class Exclusion:
         return (nodes >= 0) & (excluded >= tree.subtree_size[depth][nodes.clamp(min=0)])
 
 
-def _level_log_probs(model: T5ForConditionalGeneration, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """(R, d) decoder states -> (R, hi - lo) log-softmax over one level's tokens only.
+class BeamStep(Protocol):
+    """What a backbone family gives the search: the scores of one level, and its state carried on.
 
-    Only the level's rows of the output layer are used: for a pretrained T5 the other 32k word
-    pieces would cost most of the step. The scaling mirrors T5ForConditionalGeneration's head
-    (tied embeddings are read through a d_model ** -0.5 factor); transformers 5 names the switch
-    `scale_decoder_outputs`, older releases use `tie_word_embeddings`.
+    Beams are rows `user * width + beam`, grouped by user; `width` is 1 at the root and the number
+    of beams kept after each level.
     """
-    config = model.config
-    if getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True)):
-        hidden = hidden * config.d_model**-0.5
-    logits = F.linear(hidden, model.get_output_embeddings().weight[lo:hi])
-    return torch.log_softmax(logits.float(), dim=-1)
 
+    def log_probs(self, depth: int, child: torch.Tensor) -> torch.Tensor:
+        """(n * width, K_depth) log-probabilities of the level's codes for every beam. `child`, same
+        shape, is the prefix-tree node each code leads to (-1: none), for a family whose scores
+        depend on the tree (trie softmax, node vectors); codes that lead nowhere are masked after."""
+        ...
 
-def _packed_mask(width: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(1, 1, Q, Q) additive mask, Q = width * length: causal inside each beam, blind across beams."""
-    pos = torch.arange(width * length, device=device)
-    beam, step = pos // length, pos % length
-    allowed = (beam[:, None] == beam[None, :]) & (step[None, :] <= step[:, None])
-    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
-
-
-DECODE_MODES = ("packed", "cache", "recompute")
+    def advance(self, depth: int, parent: torch.Tensor, code: torch.Tensor) -> None:
+        """The beams kept after level `depth`, (n, keep) each: the beam each extends and its code."""
+        ...
 
 
 @torch.no_grad()
-def constrained_beam_search(
-    model: T5ForConditionalGeneration,
-    vocab: SemanticVocabulary,
+def beam_search(
     tree: PrefixTree,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    step: BeamStep,
+    n: int,
     beams: int,
     exclusion: Exclusion | None = None,
-    mode: str = "packed",
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-`beams` items per user, best first: (items (n, beams), scores (n, beams)).
+    """Top-`beams` items for each of `n` users, best first: (items (n, beams), scores (n, beams)).
 
-    A score is the sum over levels of log p(code_l | history, codes_<l), each normalised over that
-    level's tokens. Rows with fewer valid items than beams are padded with item -1 and score -inf.
-    The model must be in eval mode. The encoder runs once per user; the decoder, per `mode`:
-
-    - "packed": one row per user holding all its beams' prefixes side by side, with a mask that
-      keeps beams apart. T5's self-attention bias depends only on distances inside a beam and its
-      cross-attention has no position bias, so this is exact, and the encoder keys/values are
-      computed per user instead of per beam. Fastest, or level with "cache", on the 2-core CPU
-      (bench/generator_speed.py), and it needs no cache bookkeeping.
-    - "cache": one row per beam, one new token per step on the key/value cache; every beam holds
-      (and reads) its own copy of its user's cross-attention keys/values.
-    - "recompute": one row per beam, the whole (at most L-token) prefix each step, no cache.
+    A score is the sum over levels of the step's log-probabilities along the item's codes. Rows
+    with fewer valid items than beams are padded with item -1 and score -inf.
     """
-    if mode not in DECODE_MODES:
-        raise ValueError(f"unknown decoding mode {mode!r}; expected one of {DECODE_MODES}")
-    n, device = len(input_ids), input_ids.device
     if n == 0:
         return torch.zeros((0, beams), dtype=torch.long), torch.zeros((0, beams))
-    encoded = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    offsets = torch.as_tensor(vocab.level_offsets(), device=device)
     users = torch.arange(n, device=device)
-    nodes = torch.zeros((n, 1), dtype=torch.long, device=device)  # (n, width) prefix-tree nodes
+    nodes = torch.zeros((n, 1), dtype=torch.long, device=device)  # (n, width) depth-l nodes
     scores = torch.zeros((n, 1), device=device)
     if exclusion is not None:
         root_dead = exclusion.dead(tree, 0, users, nodes[:, 0])
         nodes[root_dead] = -1
         scores[root_dead] = NEG_INF
-    prefix = torch.full((n, 1), vocab.decoder_start_id, dtype=torch.long, device=device)  # (n * width, t)
-    enc_rows, mask_rows, cache = encoded, attention_mask, None
     for depth in range(tree.levels):
         width, size = nodes.shape[1], tree.codebook_sizes[depth]
-        if mode == "packed":
-            hidden = model.decoder(
-                input_ids=prefix.reshape(n, -1),
-                attention_mask=_packed_mask(width, depth + 1, encoded.dtype, device),
-                encoder_hidden_states=encoded,
-                encoder_attention_mask=attention_mask,
-                use_cache=False,
-            ).last_hidden_state  # (n, width * (depth + 1), d)
-            hidden = hidden.reshape(n * width, depth + 1, -1)[:, -1]
-        else:
-            out = model.decoder(
-                input_ids=prefix[:, -1:] if mode == "cache" else prefix,
-                encoder_hidden_states=enc_rows,
-                encoder_attention_mask=mask_rows,
-                past_key_values=cache,
-                use_cache=mode == "cache",
-            )
-            cache = out.past_key_values if mode == "cache" else None
-            hidden = out.last_hidden_state[:, -1]
-        log_probs = _level_log_probs(model, hidden, *vocab.level_range(depth))  # (n * width, K)
         child = tree.children(depth, nodes.reshape(-1))  # (n * width, K)
+        log_probs = step.log_probs(depth, child)  # (n * width, K)
         allowed = child >= 0
         if exclusion is not None:
-            allowed &= ~exclusion.dead(tree, depth + 1, users.repeat_interleave(width)[:, None], child)
+            # Only real children are looked up: most of the dense (beams, K) table is empty, and the
+            # lookup (a searchsorted per entry) was 60% of recommendation time when run on all of it.
+            rows, codes = allowed.nonzero(as_tuple=True)
+            dead = exclusion.dead(tree, depth + 1, torch.div(rows, width, rounding_mode="floor"), child[rows, codes])
+            allowed[rows[dead], codes[dead]] = False
         candidates = torch.where(allowed, scores.reshape(-1, 1) + log_probs, NEG_INF).reshape(n, width * size)
         keep = min(beams, width * size)
         scores, picked = candidates.topk(keep, dim=1)  # sorted, best first
@@ -261,20 +223,7 @@ def constrained_beam_search(
         nodes[scores == NEG_INF] = -1
         if depth + 1 == tree.levels:
             break
-        source = (users[:, None] * width + picked // size).reshape(-1)  # beam each survivor extends
-        token = offsets[depth] + picked % size
-        prefix = torch.cat([prefix[source], token.reshape(-1, 1)], dim=1)
-        if cache is not None:
-            # Beams never move between users, so the cross-attention keys/values (per user) are
-            # repeated once when the width changes instead of being gathered again every step.
-            cache.self_attention_cache.reorder_cache(source)
-            if keep != width:
-                cache.cross_attention_cache.reorder_cache((users * width).repeat_interleave(keep))
-        if keep != width and mode != "packed":
-            # Beams stay grouped by user (row = user * width + beam), so each user's encoder rows
-            # only need repeating when the width changes, not reordering every step.
-            enc_rows = encoded.repeat_interleave(keep, dim=0)
-            mask_rows = attention_mask.repeat_interleave(keep, dim=0)
+        step.advance(depth, picked // size, picked % size)
     items = torch.where(nodes >= 0, tree.leaf_item[nodes.clamp(min=0)], -1)
     if items.shape[1] < beams:
         pad = beams - items.shape[1]

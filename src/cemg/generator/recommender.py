@@ -1,0 +1,94 @@
+"""What every generator shares once trained: the Recommender protocol over trie-constrained search,
+and the parts of its saved folder that do not depend on the backbone.
+
+A backbone family's recommender (t5.py, t5_decoder.py, causal.py) holds a catalogue of semantic ids,
+its prefix tree and a model, and says only how a batch of histories becomes a `BeamStep`; ranking,
+exclusion and batching are the same for all (search.py). Every saved generator is one folder with
+the semantic ids it was trained on (`semantic_ids/`), a JSON file of its own (architecture, the
+generator config, the training record, the ids' digest) and its weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cemg.config import GeneratorConfig
+from cemg.generator.search import BeamStep, Exclusion, PrefixTree, beam_search, search_in_batches
+from cemg.tokenizer.semantic_ids import SemanticIds
+
+
+def codes_digest(semantic_ids: SemanticIds) -> str:
+    """Identifies the semantic ids a generator was trained on (a model is useless with other ids)."""
+    return hashlib.sha256(np.ascontiguousarray(semantic_ids.codes, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def save_generator_meta(folder: Path, meta_file: str, semantic_ids: SemanticIds, config: GeneratorConfig,
+                        info: dict, **architecture) -> None:
+    """The parts every saved generator shares: its semantic ids, their digest, config and record."""
+    semantic_ids.save(folder / "semantic_ids")
+    meta = {**architecture, "semantic_ids_digest": codes_digest(semantic_ids),
+            "config": config.model_dump(mode="json"), "info": info}
+    (folder / meta_file).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+
+def load_generator_meta(folder: Path, meta_file: str) -> tuple[dict, SemanticIds, GeneratorConfig]:
+    """(meta, semantic ids, config) of a saved generator; refuses ids that are not the trained ones."""
+    meta_path = folder / meta_file
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not a saved generator (no {meta_file})")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    semantic_ids = SemanticIds.load(folder / "semantic_ids")
+    if codes_digest(semantic_ids) != meta["semantic_ids_digest"]:
+        raise ValueError(f"{folder / 'semantic_ids'}: codes differ from those the generator was trained on")
+    return meta, semantic_ids, GeneratorConfig.model_validate(meta["config"])
+
+
+class SemanticIdRecommender:
+    """The evaluation protocol's `Recommender` (recommend(histories, k, exclude) -> (n, k) item ids,
+    -1 padding) for any backbone family: a family implements `beam_step`."""
+
+    semantic_ids: SemanticIds
+    tree: PrefixTree
+    model: torch.nn.Module
+    config: GeneratorConfig
+    device: torch.device
+
+    @property
+    def n_items(self) -> int:
+        return self.semantic_ids.n_items
+
+    def beam_step(self, histories: Sequence[np.ndarray]) -> BeamStep:
+        """The search's per-level scorer for these users (runs the model over their histories)."""
+        raise NotImplementedError
+
+    def recommend_with_scores(
+        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(items (n, k) int64, scores (n, k) float32 sequence log-probs), best first; -1 / -inf pad.
+
+        The beam is `config.beams` wide, widened to k when k is larger. Excluded items are never
+        returned, and prefixes whose items are all excluded are pruned, so a user gets
+        min(k, items not excluded) items whenever the beam is at least k wide.
+        """
+        if exclude is not None and len(exclude) != len(histories):
+            raise ValueError(f"exclude has {len(exclude)} rows for {len(histories)} histories")
+        beams = max(self.config.beams, k)
+
+        @torch.no_grad()
+        def search(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+            step = self.beam_step(histories[lo:hi])
+            excl = None if exclude is None else Exclusion.build(self.tree, exclude[lo:hi], self.device)
+            return beam_search(self.tree, step, hi - lo, beams, excl, self.device)
+
+        return search_in_batches(self.model, len(histories), k, self.config.eval_batch_size, search)
+
+    def recommend(
+        self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> np.ndarray:
+        return self.recommend_with_scores(histories, k, exclude)[0]
