@@ -1,112 +1,191 @@
-"""The paper's Table 2 (overall) and Table 3 (cold start) rows on Amazon Beauty.
+"""The paper's Table 2 (overall) and Table 3 (cold start) on Amazon Beauty, over seeds.
 
 Run from the repository root (configs/beauty.yaml reads ../shared/data):
 
-    python bench/beauty_tables.py            # train what is missing, then write the tables
-    python bench/beauty_tables.py --no-train # tables from finished runs only
+    python bench/beauty_tables.py                 # train what is missing (hours on 2 CPU cores), then the tables
+    python bench/beauty_tables.py --no-train      # tables from finished runs only
+    python bench/beauty_tables.py --rows semantic hybrid --no-docs
 
-Rows:
-- CEMG: `cemg run --config configs/beauty.yaml` (the pipeline; cached stages are reused).
-- TIGER configuration: the same pipeline and generator with text-only semantic ids
-  (`tokenizer.use_collab=false`), in runs/beauty-tiger; its data and features stages are copied
-  from runs/beauty when fresh there (the stage hashes decide, so nothing stale is reused).
-- Pop, SASRec, GRU4Rec: bench/results/baselines_beauty.json (`python bench/baselines_beauty.py`).
+Every CEMG-family row is one `cemg run --config configs/beauty.yaml --seeds 42,43,44 ...`: data,
+features and LightGCN once, the tokenizer, generator and evaluation once per seed; a row's folder
+starts as a copy of the stages it shares with the default run (data, features, collab and, when
+the ids are the same, the per-seed tokenizers), and the stage hashes decide what is reused. SASRec
+is `cemg baseline sasrec` once per seed. GRU4Rec and Popularity come from
+bench/results/baselines_beauty.json (one seed, `python bench/baselines_beauty.py`).
 
-Writes bench/results/beauty_tables.json and the "## Beauty: overall and cold start" section of
+Each row reports mean ± std over its seeds of the test metrics (all users and the cold-start
+targets, <= 5 training interactions); the semantic mode is compared with every other row by a
+paired test across seeds and across users (cemg.evaluation.seeds.compare_seeds). Writes
+bench/results/beauty_tables.json and the "## Beauty: overall and cold start" section of
 docs/results.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/baselines_beauty.py
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from cemg.artifacts import atomic_write_text, read_manifest  # noqa: E402
-from cemg.config import load_config  # noqa: E402
-from cemg.evaluation.protocol import EvalResult, paired_test  # noqa: E402
-from cemg.pipeline import RunEvaluation, run_pipeline  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from baselines_beauty import machine  # noqa: E402
+from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from cemg.artifacts import atomic_write_text  # noqa: E402
+from cemg.evaluation.protocol import EvalResult  # noqa: E402
+from cemg.evaluation.seeds import compare_seeds  # noqa: E402
+from cemg.run_folder import read_seeds, seed_evaluations  # noqa: E402
 
 log = logging.getLogger("bench.beauty_tables")
-RESULTS = Path("bench/results/beauty_tables.json")
-BASELINES = Path("bench/results/baselines_beauty.json")
-DOCS = Path("docs/results.md")
+RESULTS = ROOT / "bench" / "results" / "beauty_tables.json"
+BASELINES = ROOT / "bench" / "results" / "baselines_beauty.json"
+DOCS = ROOT / "docs" / "results.md"
 DOCS_SECTION = "## Beauty: overall and cold start"
-# Paper Table 2, Beauty (HR@10, NDCG@10); HR@5/NDCG@5 and Table 3 did not survive in our copy.
-PAPER = {"CEMG (paper)": {"HR@10": 0.0665, "NDCG@10": 0.0348}, "TIGER (paper)": {"HR@10": 0.0648, "NDCG@10": 0.0384}}
-VARIANTS = {"CEMG": [], "TIGER configuration": ["tokenizer.use_collab=false", "run_dir=runs/beauty-tiger"]}
-SHARED_STAGES = ("data", "features")
+CONFIG = "configs/beauty.yaml"
+SEEDS = (42, 43, 44)
+MAIN_RUN = Path("runs/beauty")
+KS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+# Published rows, HR@10 / NDCG@10, same protocol (leave-one-out, full ranking). The CEMG and TIGER
+# rows are the paper's Table 2; the others are from their own papers, as quoted in issue 13.
+PUBLISHED = {
+    "CEMG (paper, Table 2)": {"HR@10": 0.0665, "NDCG@10": 0.0348},
+    "TIGER (paper, Table 2)": {"HR@10": 0.0648, "NDCG@10": 0.0384},
+    "LETTER (published)": {"HR@10": 0.0672, "NDCG@10": 0.0364},
+    "ActionPiece (published)": {"HR@10": 0.0775, "NDCG@10": 0.0424},
+    "RPG (published, best small semantic-id generator)": {"HR@10": 0.0809, "NDCG@10": 0.0464},
+}
+
+# name -> (label, overrides, stages copied from the default run, per-seed tokenizers copied too)
+ROWS = {
+    "semantic": ("CEMG, semantic generator (default; no per-item parameter)", [], (), False),
+    "hybrid": ("CEMG ids, hybrid generator (per-item input and output vectors; beyond the paper)",
+               ["generator.mode=hybrid", "run_dir=runs/beauty-hybrid"], ("data", "features", "collab", "tokenizer"), True),
+    "letter": ("LETTER's published ids, our semantic generator",
+               ["tokenizer.ids_file=../shared/data/beauty/letter_Beauty.index.json.gz", "run_dir=runs/beauty-letter-ids"],
+               ("data", "features", "collab"), False),
+    "text_ids": ("Text-only RQ-VAE ids (no LightGCN), our semantic generator",
+                 ["tokenizer.use_collab=false", "run_dir=runs/beauty-text-ids"], ("data", "features", "collab"), False),
+}
 
 
-def seed_stages(source: Path, target: Path) -> None:
-    """Copy the stages a variant shares with the main run; run_pipeline re-checks their hashes."""
-    for stage in SHARED_STAGES:
-        if (source / stage / "manifest.json").is_file() and not (target / stage).exists():
-            shutil.copytree(source / stage, target / stage)
-            log.info("copied %s to %s", source / stage, target / stage)
+def run_dir_of(overrides: list[str]) -> Path:
+    return next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("run_dir=")), MAIN_RUN)
 
 
-def run_variant(config: str, overrides: list[str], train: bool, main_run: Path) -> dict | None:
-    cfg = load_config(config, overrides)
-    run_dir = Path(cfg.run_dir)
-    if run_dir != main_run:
-        seed_stages(main_run, run_dir)
-    if train:
-        result = run_pipeline(cfg)
-        evaluation: RunEvaluation = result.artifacts["evaluation"]
-        seconds = result.seconds
-    elif (run_dir / "evaluation" / "test.json").is_file():
-        evaluation = RunEvaluation.load(run_dir / "evaluation")
-        seconds = {s: float((read_manifest(run_dir / s) or {}).get("seconds", 0.0))
-                   for s in ("data", "features", "collab", "tokenizer", "generator", "evaluation")}
-    else:
-        log.warning("%s: no finished run (run without --no-train)", run_dir)
+def copy_shared(target: Path, stages: tuple[str, ...], tokenizers: bool) -> None:
+    """Start a row's folder from the stages it shares with the default run (hashes are rechecked)."""
+    if target == MAIN_RUN:
+        return
+    for stage in stages:
+        if (MAIN_RUN / stage / "manifest.json").is_file() and not (target / stage).exists():
+            shutil.copytree(MAIN_RUN / stage, target / stage)
+    if tokenizers:
+        for seed_dir in sorted((MAIN_RUN / "seeds").glob("*")):
+            source, dest = seed_dir / "tokenizer", target / "seeds" / seed_dir.name / "tokenizer"
+            if (source / "manifest.json").is_file() and not dest.exists():
+                shutil.copytree(source, dest)
+
+
+def cemg_command(overrides: list[str]) -> list[str]:
+    return ["cemg", "run", "--config", CONFIG, "--seeds", ",".join(map(str, SEEDS)), "--quiet",
+            *sum((["--set", o] for o in overrides), [])]
+
+
+def train_row(name: str) -> None:
+    _, overrides, stages, tokenizers = ROWS[name]
+    copy_shared(run_dir_of(overrides), stages, tokenizers)
+    cmd = cemg_command(overrides)
+    log.info("%s: %s", name, " ".join(cmd))
+    subprocess.run([sys.executable, "-m", "cemg", *cmd[1:]], check=True, cwd=ROOT,
+                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def train_sasrec(seed: int) -> Path:
+    folder = Path(f"runs/beauty-sasrec/seed-{seed}")
+    if not (folder / "baselines" / "sasrec" / "test.json").is_file():
+        subprocess.run([sys.executable, "-m", "cemg", "baseline", "sasrec", "--config", CONFIG, "--quiet",
+                        "--set", f"run_dir={folder}", "--set", f"seed={seed}"], check=True, cwd=ROOT,
+                       env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    return folder / "baselines" / "sasrec"
+
+
+def seed_results_of_row(name: str) -> dict[int, dict[str, EvalResult]] | None:
+    run_dir = ROOT / run_dir_of(ROWS[name][1])
+    if read_seeds(run_dir) is None:
         return None
-    test, valid = evaluation.results["test"], evaluation.results["valid"]
-    return {
-        "run_dir": str(run_dir), "overrides": overrides, "test": test.metrics, "valid": valid.metrics,
-        "test_cold_start": test.cold_start, "n_test_users": test.n_users, "n_cold_start_users": test.n_cold,
-        "stage_seconds": seconds,
-        "command": " ".join(["cemg run --config", config, *[f"--set {o}" for o in overrides]]),
-    }
+    return {seed: dict(evaluation.results) for seed, evaluation in seed_evaluations(run_dir).items()}
 
 
-def markdown(rows: dict[str, dict], baselines: dict[str, dict]) -> str:
-    ks = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
-    fmt = lambda m: " | ".join(f"{m[k]:.4f}" if k in m else "" for k in ks)  # noqa: E731
-    lines = [DOCS_SECTION, "",
-             "Test split, full catalogue, items already in the history excluded; each model selected by "
-             "validation NDCG@10. Command: `python bench/beauty_tables.py` (rows below name their own "
-             f"commands); machine: {machine()}.", "",
-             "| model | " + " | ".join(ks) + " |", "|---|" + "---|" * len(ks)]
-    for name, m in PAPER.items():
-        lines.append(f"| {name} | {fmt(m)} |")
-    for name, entry in {**baselines, **rows}.items():
-        lines.append(f"| {name} | {fmt(entry['test'])} |")
-    lines += ["", "Cold start (paper Table 3): test users whose target has at most 5 training "
-              "interactions; the paper's values did not survive in our copy.", "",
-              "| model | cold users | " + " | ".join(ks) + " |", "|---|---|" + "---|" * len(ks)]
-    for name, entry in {**baselines, **rows}.items():
-        lines.append(f"| {name} | {entry['n_cold_start_users']} | {fmt(entry['test_cold_start'])} |")
-    if "paired" in rows.get("CEMG", {}):
-        lines += ["", "CEMG vs the TIGER configuration on the same test users (paired, "
-                  "`cemg.evaluation.protocol.paired_test`): " + "; ".join(
-                      f"{m} {t['mean_a']:.4f} vs {t['mean_b']:.4f}, t-test p = {t['t_pvalue']:.2g}, "
-                      f"Wilcoxon p = {t['wilcoxon_pvalue']:.2g}" for m, t in rows["CEMG"]["paired"].items())]
-    lines += ["", "Rows: " + "; ".join(f"{n}: `{e['command']}`" for n, e in {**baselines, **rows}.items()), ""]
-    return "\n".join(lines)
+def sasrec_seed_results() -> dict[int, dict[str, EvalResult]]:
+    out = {}
+    for seed in SEEDS:
+        folder = ROOT / "runs" / "beauty-sasrec" / f"seed-{seed}" / "baselines" / "sasrec"
+        if (folder / "test.json").is_file():
+            out[seed] = {part: EvalResult.load(folder, part) for part in ("valid", "test")}
+    return out
+
+
+def summary(per_seed: dict[int, dict[str, EvalResult]]) -> dict:
+    import numpy as np
+
+    def stats(values: list[float]) -> dict:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "per_seed": values}
+
+    out = {"seeds": sorted(per_seed)}
+    for part in ("valid", "test"):
+        for subset in ("all", "cold_start"):
+            out[f"{part}_{subset}"] = {
+                k: stats([getattr(per_seed[s][part], "metrics" if subset == "all" else "cold_start")[k]
+                          for s in sorted(per_seed)]) for k in KS}
+    first = per_seed[min(per_seed)]["test"]
+    out["n_test_users"], out["n_cold_start_users"] = first.n_users, first.n_cold
+    return out
+
+
+def cell(entry: dict) -> str:
+    return f"{entry['mean']:.4f}" + (f" ± {entry['std']:.4f}" if entry["std"] is not None else "")
+
+
+def markdown(rows: dict, comparisons: dict, single: dict) -> str:
+    lines = [
+        DOCS_SECTION, "",
+        "Test split, full catalogue (12,101 items), items already in the history excluded; each model "
+        "selected by validation NDCG@10. Mean ± standard deviation over seeds 42, 43, 44 (the tokenizer "
+        "and generator retrained per seed; data, text features and LightGCN shared). Command: "
+        f"`python bench/beauty_tables.py`; each row's own command is listed below. Machine: {machine()}, "
+        "shared with other jobs.", "",
+        "| model | seeds | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cell(r["test_all"][k]) for k in KS) + " |")
+    for name, r in single.items():
+        lines.append(f"| {name} | 1 | " + " | ".join(f"{r['test'][k]:.4f}" for k in KS) + " |")
+    for name, m in PUBLISHED.items():
+        lines.append(f"| {name} | | | {m['HR@10']:.4f} | | {m['NDCG@10']:.4f} |")
+    lines += ["", "Cold start (the paper's Table 3): test users whose target has at most 5 training interactions.", "",
+              "| model | cold users | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {r['label']} | {r['n_cold_start_users']:,} | "
+                     + " | ".join(cell(r["test_cold_start"][k]) for k in KS) + " |")
+    for name, r in single.items():
+        lines.append(f"| {name} | {r['n_cold_start_users']:,} | "
+                     + " | ".join(f"{r['test_cold_start'][k]:.4f}" for k in KS) + " |")
+    if comparisons:
+        lines += ["", "The semantic generator against each other row (`cemg.evaluation.seeds.compare_seeds`: "
+                  "paired t-test across seeds, and across users on per-user values averaged over seeds):", ""]
+        for key, c in comparisons.items():
+            lines.append(f"- {key}: {c['verdict']}")
+    lines += ["", "Commands:"]
+    for name, r in rows.items():
+        lines.append(f"- {r['label']}: `{r['command']}`")
+    lines += [f"- {name}: `{r['command']}`" for name, r in single.items()]
+    return "\n".join(lines) + "\n"
 
 
 def write_docs(section: str) -> None:
@@ -122,39 +201,55 @@ def write_docs(section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/beauty.yaml")
+    parser.add_argument("--rows", nargs="+", default=[*ROWS, "sasrec"], choices=[*ROWS, "sasrec"])
     parser.add_argument("--no-train", action="store_true", help="only collect finished runs")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(args.threads)
-    main_run = Path(load_config(args.config).run_dir)
+    os.chdir(ROOT)
+    if not args.no_train:
+        for name in [r for r in args.rows if r in ROWS]:
+            train_row(name)
+        if "sasrec" in args.rows:
+            for seed in SEEDS:
+                train_sasrec(seed)
 
+    per_row = {}
     rows = {}
-    for name, overrides in VARIANTS.items():
-        entry = run_variant(args.config, overrides, not args.no_train, main_run)
-        if entry is not None:
-            rows[name] = entry
-            log.info("%s: test %s", name, {k: round(v, 4) for k, v in entry["test"].items()})
-    if "CEMG" in rows and "TIGER configuration" in rows:
-        ranks = [EvalResult.load(Path(rows[n]["run_dir"]) / "evaluation", "test").ranks
-                 for n in ("CEMG", "TIGER configuration")]
-        rows["CEMG"]["paired"] = {m: paired_test(*ranks, m) for m in ("HR@10", "NDCG@10")}
-    baselines = {}
+    for name in [r for r in args.rows if r in ROWS]:
+        results = seed_results_of_row(name)
+        if results is None:
+            log.warning("%s: no finished seeds run in %s", name, run_dir_of(ROWS[name][1]))
+            continue
+        per_row[name] = results
+        rows[name] = {"label": ROWS[name][0], "command": " ".join(cemg_command(ROWS[name][1])), **summary(results)}
+    if "sasrec" in args.rows and sasrec_seed_results():
+        per_row["sasrec"] = sasrec_seed_results()
+        rows["sasrec"] = {"label": "SASRec, full softmax (ours)",
+                          "command": "cemg baseline sasrec --config configs/beauty.yaml --set seed=S "
+                                     "--set run_dir=runs/beauty-sasrec/seed-S", **summary(per_row["sasrec"])}
+    comparisons = {}
+    if "semantic" in per_row:
+        for name in per_row:
+            if name == "semantic":
+                continue
+            for subset in ("all", "cold_start"):
+                for metric in ("HR@10", "NDCG@10"):
+                    c = compare_seeds(per_row["semantic"], per_row[name], metric, "test", subset)
+                    comparisons[f"semantic vs {name}, {metric}{' (cold start)' if subset == 'cold_start' else ''}"] = c.to_dict()
+    single = {}
     if BASELINES.is_file():
         saved = json.loads(BASELINES.read_text(encoding="utf-8"))
-        labels = {"pop": "Pop", "sasrec": "SASRec (full softmax)", "gru4rec": "GRU4Rec"}
-        baselines = {labels.get(k, k): {**v, "command": saved.get("command", "bench/baselines_beauty.py")}
-                     for k, v in saved["models"].items()}
+        for key, label in (("gru4rec", "GRU4Rec (ours)"), ("pop", "Popularity")):
+            if key in saved.get("models", {}):
+                single[label] = {**saved["models"][key], "command": saved.get("command", "python bench/baselines_beauty.py")}
     atomic_write_text(RESULTS, json.dumps({"machine": machine(), "command": "python " + " ".join(sys.argv),
-                                           "paper": PAPER, "runs": rows}, indent=2, default=str))
-    log.info("wrote %s", RESULTS)
-    section = markdown(rows, baselines)
+                                           "seeds": list(SEEDS), "published": PUBLISHED, "rows": rows,
+                                           "comparisons": comparisons}, indent=2, default=str) + "\n")
+    section = markdown(rows, comparisons, single)
     print(section)
     if not args.no_docs:
         write_docs(section)
-        log.info("wrote %s (%s)", DOCS, DOCS_SECTION)
 
 
 if __name__ == "__main__":

@@ -246,7 +246,9 @@ class CausalSemanticModel(nn.Module):
         flat_u, flat_child = u.reshape(-1, u.shape[-1]), child.reshape(-1, size)
         rows, codes = (flat_child >= 0).nonzero(as_tuple=True)
         # Only real children: most of the (rows, K) table is empty below the first levels.
-        extra = (flat_u[rows] * self.node_vectors(level, flat_child[rows, codes])).sum(-1)
+        # index_select, not flat_u[rows]: tensor indexing's backward (index_put_ with accumulate)
+        # adds repeated rows from several CPU threads in no fixed order; index_select's does not.
+        extra = (flat_u.index_select(0, rows) * self.node_vectors(level, flat_child[rows, codes])).sum(-1)
         return logits.reshape(-1, size).index_put((rows, codes), extra, accumulate=True).reshape(logits.shape)
 
     def node_vectors(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
@@ -257,7 +259,7 @@ class CausalSemanticModel(nn.Module):
         unique, inverse = torch.unique(nodes, return_inverse=True)
         paths = getattr(self, f"node_paths_{level}")[unique]  # (u, L) offset codes, -1 = none
         summed = (self.path_emb(paths.clamp(min=0)) * (paths >= 0).unsqueeze(-1)).sum(1)
-        return self.node_mlp[level - 1](summed)[inverse]
+        return self.node_mlp[level - 1](summed).index_select(0, inverse)  # see level_logits
 
     def prefix_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
         """P_level[codes]: what a level-`level` code adds to the state for the levels after it."""
