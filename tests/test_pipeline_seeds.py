@@ -144,6 +144,7 @@ def test_cli_run_with_seeds_and_compare(seeded, tmp_path):
                               "--seeds", f"{own},{other}", "-q"])
     assert out.exit_code == 0, out.output
     assert f"over seeds {own}, {other}: mean ± std" in out.output
+    assert "generator: semantic mode, causal-" in out.output  # which model the numbers are from
     assert f"seed {other}: stages: data" in out.output and "(reused)" in out.output
     # B: a plain run (one seed) of the same config: the seed-level test needs two seeds in each.
     plain = tmp_path / "plain"

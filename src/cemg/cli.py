@@ -315,10 +315,20 @@ def baseline(
 # --- the whole pipeline ------------------------------------------------------------------------
 
 
+def _print_generator(run) -> None:
+    """Which model produced the numbers that follow: the generator's mode, backbone and size."""
+    info = getattr(run.artifacts.get("generator"), "info", None) or {}
+    if info:
+        params = info.get("n_parameters")
+        print(f"generator: {info.get('mode', 'semantic')} mode, {info.get('backbone', '?')} backbone"
+              + (f", {params:,} parameters" if params else ""))
+
+
 def _print_results(run, k_names: list[str] | None = None) -> None:
     evaluation = run.artifacts["evaluation"]
     test = evaluation.results["test"]
     names = k_names or list(test.metrics)
+    _print_generator(run)
     print(f"{'':<16}" + "".join(f"{m:>9}" for m in names))
     for part, result in evaluation.results.items():
         print(f"{part + ' (all)':<16}" + "".join(f"{result.metrics[m]:9.4f}" for m in names))
@@ -378,6 +388,7 @@ def run(
             print(f"seed {seed}: ", end="")
             _print_stage_times(result)
         if many.record is not None:
+            _print_generator(next(iter(many.runs.values())))
             _print_spread(many.record)
             print(f"seeds summary: {many.run_dir / 'seeds.json'}")
         print(f"run directory: {many.run_dir}")
