@@ -275,6 +275,8 @@ class Recommender:
         from cemg.generator import backbone_family
 
         self.backbone = backbone_family(config.generator.backbone)
+        # "semantic" (no per-item parameter) or "hybrid": which model class answers, as trained
+        self.mode = (getattr(generator, "info", None) or {}).get("mode", config.generator.mode)
 
         # The popularity fallback counts the training interactions only, as the Popularity baseline does.
         counts = leave_one_out(catalogue.dataset, config.data.max_history).train_item_counts()

@@ -55,6 +55,7 @@ def test_recommend_returns_titled_items(server, rec):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["k"] == 5 and body["history_length"] == 3 and body["model"] == "causal"
+    assert body["mode"] == "semantic"  # the generator mode answers with every recommendation
     assert [row["rank"] for row in body["items"]] == [1, 2, 3, 4, 5]
     expected = rec.recommend(keys, k=5)
     assert [row["item"] for row in body["items"]] == [row.item for row in expected]

@@ -124,7 +124,7 @@ def _training(c: RunContent) -> Section:
                       f"final reconstruction MSE {_f(c.tokenizer_report['reconstruction']['mse'])}.")
     if c.generator_info:
         g = c.generator_info
-        blocks.append(f"Generator ({g['kind']}): {g.get('epochs_run', '?')} epochs in {g.get('seconds', 0):.0f} s, "
+        blocks.append(f"Generator ({g['kind']}, {g.get('mode', 'semantic')} mode): {g.get('epochs_run', '?')} epochs in {g.get('seconds', 0):.0f} s, "
                       f"best valid NDCG@10 {_f(g.get('best_valid_ndcg10', float('nan')))} at epoch "
                       f"{g.get('best_epoch', '?')} (the model kept).")
     if not blocks:

@@ -78,6 +78,8 @@ class RecommendResponse(BaseModel):
     k: int
     history_length: int
     model: str
+    mode: Literal["semantic", "hybrid"] = Field(description="The generator's mode: `semantic` (no per-item "
+                                                "parameter, the paper's model class) or `hybrid` (per-item vectors).")
 
 
 class NeighbourOut(BaseModel):
@@ -122,6 +124,7 @@ class HealthOut(BaseModel):
     dataset: str
     items: int
     generator: str
+    mode: Literal["semantic", "hybrid"]
     device: str
     run_dir: str | None
     uptime_seconds: float
@@ -248,6 +251,7 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
             k=request.k,
             history_length=len(request.history),
             model=recommender.backbone,
+            mode=recommender.mode,
         )
 
     @app.get("/items/{item_id}", response_model=ItemOut, responses={
@@ -283,6 +287,7 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
             dataset=catalogue.dataset.name,
             items=len(catalogue),
             generator=recommender.backbone,
+            mode=recommender.mode,
             device=str(recommender.generator.device),
             run_dir=None if recommender.run_dir is None else str(recommender.run_dir),
             uptime_seconds=time.time() - started,
