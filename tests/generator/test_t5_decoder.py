@@ -20,26 +20,11 @@ from cemg.generator.t5_decoder import (
 from cemg.generator.train import train_generator
 from cemg.generator.vocab import SemanticVocabulary
 from cemg.tokenizer.semantic_ids import SemanticIds
+from toy_data import N_ITEMS, SIZES, toy_ids, toy_split  # noqa: E402  (tests/generator/toy_data.py)
 
-N_ITEMS, SIZES = 40, [8, 8, 4]
 TINY = dict(d_model=32, d_kv=8, d_ff=64, dropout_rate=0.0)
 
 
-def toy_ids(n_items=N_ITEMS, sizes=SIZES, seed=0):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
-    return SemanticIds(grid[rng.choice(len(grid), n_items, replace=False)], list(sizes))
-
-
-def toy_split(n_users=150, seed=0):
-    """Every user walks the catalogue in steps of +1 (mod N_ITEMS): the next item is determined."""
-    rng = np.random.default_rng(seed)
-    seqs = []
-    for _ in range(n_users):
-        start, length = rng.integers(N_ITEMS), rng.integers(5, 10)
-        seqs.append((start + np.arange(length)) % N_ITEMS)
-    items = ItemTable(keys=[f"i{i}" for i in range(N_ITEMS)])
-    return leave_one_out(InteractionDataset("toy", [f"u{u}" for u in range(n_users)], seqs, items), 20)
 
 
 def untrained(ids, max_history=6, beams=5, seed=0):

@@ -12,25 +12,10 @@ from cemg.evaluation.protocol import evaluate
 from cemg.generator.t5 import GenerativeRecommender, NextItemExamples
 from cemg.generator.train import length_bucketed_batches, train_generator
 from cemg.tokenizer.semantic_ids import SemanticIds
-
-N_ITEMS, SIZES = 40, [8, 8, 4]
-
-
-def toy_split(n_users=150, seed=0):
-    """Every user walks the catalogue in steps of +1 (mod N_ITEMS): the next item is determined."""
-    rng = np.random.default_rng(seed)
-    seqs = []
-    for _ in range(n_users):
-        start, length = rng.integers(N_ITEMS), rng.integers(5, 10)
-        seqs.append((start + np.arange(length)) % N_ITEMS)
-    items = ItemTable(keys=[f"i{i}" for i in range(N_ITEMS)])
-    return leave_one_out(InteractionDataset("toy", [f"u{u}" for u in range(n_users)], seqs, items), 20)
+from toy_data import N_ITEMS, SIZES, toy_ids, toy_split  # noqa: E402  (tests/generator/toy_data.py)
 
 
-def toy_ids(seed=0):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(k) for k in SIZES], indexing="ij"), -1).reshape(-1, len(SIZES))
-    return SemanticIds(grid[rng.choice(len(grid), N_ITEMS, replace=False)], SIZES)
+
 
 
 @pytest.fixture
