@@ -4,9 +4,11 @@ Two pipeline runs of the demo config (600 users, 300 items: `cemg demo`'s data, 
 paths) in separate run folders must write byte-identical array files at every stage (features,
 LightGCN embeddings, RQ-VAE weights, semantic ids, generator weights, per-user evaluation ranks)
 and the same metrics. Two intra-op threads, because the nondeterminism this guards against lives in
-multi-threaded CPU kernels: the backward of `out[users]` in LightGCN (index_put_ with accumulate)
-made every 2-thread run differ from the first training step while 1-thread runs agreed, and an
-earlier version of this test, on a 60-user graph with one thread, never saw it.
+multi-threaded CPU kernels: the backward of tensor indexing (`x[idx]`, index_put_ with accumulate)
+adds repeated rows from both threads at once above ~32k elements (bench/index_backward_race.py).
+It made every 2-thread run differ, first in LightGCN (`out[users]`), then in the semantic
+generator's node-vector gathers, while 1-thread runs agreed; both now use index_select. An earlier
+version of this test, on a 60-user graph with one thread, never saw it.
 
 The second run reads the encoder outputs from the first's vector cache: loading the text and image
 encoders twice would double the test's time, and the cache is keyed by content.
