@@ -83,7 +83,8 @@ class CausalSpec:
 def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
     """Zero the MLP's last layer, so a branch added to a residual sum starts as a no-op."""
     nn.init.zeros_(mlp[-1].weight)
-    nn.init.zeros_(mlp[-1].bias)
+    if mlp[-1].bias is not None:
+        nn.init.zeros_(mlp[-1].bias)
     return mlp
 
 
@@ -166,8 +167,12 @@ class CausalSemanticModel(nn.Module):
                 self.path_emb = nn.Embedding(sum(sizes), d)
                 nn.init.normal_(self.path_emb.weight, std=0.02)
                 self.node_mlp = nn.ModuleList(
+                    # No bias on the last layer: it would add the same u . b to every sibling's logit,
+                    # which trie softmax cancels, so its gradient is zero up to float noise that Adam
+                    # then amplifies into lr-sized steps (and two runs that sum in another order,
+                    # e.g. one process against two, drift apart).
                     _zero_last(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, spec.composed_width * d), nn.GELU(),
-                                             nn.Linear(spec.composed_width * d, d)))
+                                             nn.Linear(spec.composed_width * d, d, bias=False)))
                     for _ in range(1, len(sizes)))
                 tokens = torch.from_numpy(codes + offsets[None, :])
                 for level in range(1, len(sizes)):
