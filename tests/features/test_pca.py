@@ -53,3 +53,15 @@ def test_modality_nobody_has_is_an_error():
     encoded = EncodedModality(np.zeros((5, 4), np.float32), np.zeros(5, bool))
     with pytest.raises(PCADimensionError, match="no item"):
         reduce_modality(encoded, dim=2, seed=0)
+
+
+def test_fitted_projection_reproduces_the_reduced_rows():
+    # Items added after training are projected with the stored map; it must be the fitted one.
+    from cemg.features.pca import fit_projection
+
+    for whiten in (False, True):
+        encoded = _modality(n=60, missing=(3, 7))
+        reduced, _, projection = fit_projection(encoded, dim=4, seed=0, whiten=whiten)
+        again = projection.transform(encoded.vectors, encoded.mask)
+        np.testing.assert_allclose(again, reduced, atol=1e-4)
+        assert not again[[3, 7]].any()

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cemg.data.errors import DataError
+from cemg.features.pca import PCAProjection
+
+PCA_FILE = "pca.npz"
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,9 @@ class ItemFeatures:
     image: np.ndarray | None = None  # (n_items, d) float32
     image_mask: np.ndarray | None = None  # (n_items,) bool
     info: dict = field(default_factory=dict)  # encoder names, raw dims, explained variance, counts
+    # modality -> the PCA fitted on the training items (features/pca.npz); empty for features made
+    # before it was kept, or built in memory
+    projections: dict[str, PCAProjection] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("text", "image"):
@@ -49,6 +55,9 @@ class ItemFeatures:
             if (value := getattr(self, name)) is not None
         }
         np.savez(folder / "features.npz", **arrays)
+        if self.projections:
+            np.savez(folder / PCA_FILE, **{k: v for name, pca in sorted(self.projections.items())
+                                           for k, v in pca.arrays(name).items()})
         (folder / "features.json").write_text(
             json.dumps({"n_items": self.n_items, "info": self.info}, indent=2, default=str), encoding="utf-8"
         )
@@ -71,7 +80,16 @@ class ItemFeatures:
                 got = {k: arrays[k] for k in ("text", "text_mask", "image", "image_mask") if k in arrays.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
             raise DataError(npz, f"not a readable feature archive ({type(err).__name__}: {err})") from None
+        projections = {}
+        if (folder / PCA_FILE).is_file():
+            try:
+                with np.load(folder / PCA_FILE, allow_pickle=False) as arrays:
+                    projections = {name: pca for name in ("text", "image")
+                                   if (pca := PCAProjection.from_arrays(arrays, name)) is not None}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+                raise DataError(folder / PCA_FILE, f"not a readable PCA archive ({type(err).__name__}: {err})") from None
         try:
-            return cls(n_items, got.get("text"), got.get("text_mask"), got.get("image"), got.get("image_mask"), info)
+            return cls(n_items, got.get("text"), got.get("text_mask"), got.get("image"), got.get("image_mask"), info,
+                       projections)
         except ValueError as err:
             raise DataError(npz, str(err)) from None

@@ -17,7 +17,7 @@ from cemg.config import CEMGConfig, resolve_device
 from cemg.data.dataset import InteractionDataset
 from cemg.features.artifact import ItemFeatures
 from cemg.features.image import encode_images
-from cemg.features.pca import reduce_modality
+from cemg.features.pca import fit_projection
 from cemg.features.text import encode_item_texts
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,14 @@ def encode_items(dataset: InteractionDataset, cfg: CEMGConfig) -> ItemFeatures:
     items = dataset.items
     info: dict = {"dim": fc.dim, "seed": cfg.seed, "device": device, "dataset": dataset.name}
     text = text_mask = image = image_mask = None
+    projections = {}
 
     if fc.use_text:
         encoded = encode_item_texts(
             items, cfg.data.text_fields, fc.text_model, fc.text_pooling, fc.batch_size, fc.text_max_length,
             cfg.cache_dir, device,
         )
-        text, text_mask, info["text"] = _reduce(encoded, "text", cfg)
+        text, text_mask, info["text"], projections["text"] = _reduce(encoded, "text", cfg)
     else:
         info["text"] = {"skipped": "features.use_text is false"}
 
@@ -53,11 +54,13 @@ def encode_items(dataset: InteractionDataset, cfg: CEMGConfig) -> ItemFeatures:
         log.info("%s has no image references: the image modality is absent", dataset.name)
         info["image"] = {"skipped": "the dataset has no image references"}
     else:
-        encoded = encode_images(refs, dataset.image_root, fc.image_model, fc.image_batch_size, cfg.cache_dir, device)
-        image, image_mask, info["image"] = _reduce(encoded, "image", cfg)
+        encoded = encode_images(refs, dataset.image_root, fc.image_model, fc.image_batch_size, cfg.cache_dir, device,
+                                weights=fc.image_weights)
+        image, image_mask, info["image"], projections["image"] = _reduce(encoded, "image", cfg)
 
     info["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    return ItemFeatures(dataset.n_items, text, text_mask, image, image_mask, info)
+    projections = {name: pca for name, pca in projections.items() if pca is not None}
+    return ItemFeatures(dataset.n_items, text, text_mask, image, image_mask, info, projections)
 
 
 def _peak_rss_mb() -> float:
@@ -67,13 +70,14 @@ def _peak_rss_mb() -> float:
 
 
 def _reduce(encoded, name: str, cfg: CEMGConfig):
+    """(reduced, mask, info, fitted projection) of one modality; Nones where no item has it."""
     if not encoded.mask.any():
         log.warning("no item has a usable %s: the %s modality is absent", name, name)
-        return None, None, {**encoded.info, "skipped": f"no item has a usable {name}"}
+        return None, None, {**encoded.info, "skipped": f"no item has a usable {name}"}, None
     start = time.perf_counter()
-    reduced, pca_info = reduce_modality(encoded, cfg.features.dim, cfg.seed, cfg.features.pca_whiten, name)
+    reduced, pca_info, projection = fit_projection(encoded, cfg.features.dim, cfg.seed, cfg.features.pca_whiten, name)
     pca_info["seconds"] = round(time.perf_counter() - start, 2)
-    return reduced, encoded.mask.copy(), {**encoded.info, "pca": pca_info}
+    return reduced, encoded.mask.copy(), {**encoded.info, "pca": pca_info}, projection
 
 
 def features_inputs_hash(dataset: InteractionDataset, cfg: CEMGConfig) -> str:
@@ -86,9 +90,15 @@ def features_inputs_hash(dataset: InteractionDataset, cfg: CEMGConfig) -> str:
         root_id = [str(root), stat.st_size, int(stat.st_mtime)]
     elif root is not None:
         root_id = [str(root)]
+    section = cfg.features.model_dump()
+    weights = section.pop("image_weights")  # left out when unset, so runs made before it keep their hash
+    extra = []
+    if weights is not None:
+        stat = Path(weights).stat() if Path(weights).is_file() else None  # a file replaced under the same name
+        extra = [str(weights), None if stat is None else [stat.st_size, int(stat.st_mtime)]]
     items = dataset.items
     texts = [items.text(i, cfg.data.text_fields) for i in range(len(items))]
-    return fingerprint(STAGE, texts, items.image_refs, root_id, cfg.features.model_dump(), cfg.seed)
+    return fingerprint(STAGE, texts, items.image_refs, root_id, section, cfg.seed, *extra)
 
 
 def save_item_features(features: ItemFeatures, folder: Path, inputs_hash: str, cfg: CEMGConfig) -> Path:

@@ -5,6 +5,10 @@ modality (384-d MiniLM, 768-d BERT, 1280-d EfficientNet, 4096-d VGG) is projecte
 fitted only on items that have the modality: zero rows for missing items would pull the mean and
 the first component towards the origin. Those rows stay zero and their mask stays False.
 
+The fitted projection (`PCAProjection`: mean, components, whitening scale) is kept with the
+features (features/pca.npz), so an item added after training (cemg.added_items) is projected by the
+very map the training items were, never by a refit.
+
 When d exceeds what the data can give (fewer items with the modality than d, or a raw dimension
 below d) this raises instead of returning fewer columns: every later stage relies on exactly d
 columns, and padding with zero directions would hide that the modality carries less information.
@@ -13,6 +17,7 @@ columns, and padding with zero directions would hide that the modality carries l
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -26,10 +31,57 @@ class PCADimensionError(ValueError):
     """d is larger than the number of components the modality's data can have."""
 
 
+@dataclass(frozen=True)
+class PCAProjection:
+    """sklearn's PCA.transform as arrays: (x - mean) @ components.T, divided by `scale` when whitened."""
+
+    mean: np.ndarray  # (raw_dim,)
+    components: np.ndarray  # (dim, raw_dim)
+    scale: np.ndarray | None = None  # (dim,) sqrt of the explained variances, when whitened
+
+    @classmethod
+    def of(cls, pca: PCA) -> PCAProjection:
+        scale = np.sqrt(pca.explained_variance_) if pca.whiten else None
+        return cls(pca.mean_.astype(np.float64), pca.components_.astype(np.float64), scale)
+
+    def transform(self, vectors: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(n, raw_dim) raw vectors -> (n, dim) float32, zero rows where `mask` is False."""
+        if vectors.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"raw vectors have {vectors.shape[1]} dims, the fitted PCA {self.mean.shape[0]}")
+        out = np.zeros((len(vectors), self.components.shape[0]), dtype=np.float32)
+        projected = (vectors[mask].astype(np.float64) - self.mean) @ self.components.T
+        if self.scale is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                projected = np.nan_to_num(projected / self.scale)
+        out[mask] = projected.astype(np.float32)
+        return out
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {f"{prefix}_mean": self.mean, f"{prefix}_components": self.components}
+        if self.scale is not None:
+            out[f"{prefix}_scale"] = self.scale
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> PCAProjection | None:
+        if f"{prefix}_mean" not in arrays:
+            return None
+        scale = arrays[f"{prefix}_scale"] if f"{prefix}_scale" in arrays else None
+        return cls(arrays[f"{prefix}_mean"], arrays[f"{prefix}_components"], scale)
+
+
 def reduce_modality(
     encoded: EncodedModality, dim: int, seed: int, whiten: bool = False, name: str = "modality"
 ) -> tuple[np.ndarray, dict]:
     """Project present rows to `dim` components: ((n_items, dim) float32 with zero masked rows, info)."""
+    reduced, info, _ = fit_projection(encoded, dim, seed, whiten, name)
+    return reduced, info
+
+
+def fit_projection(
+    encoded: EncodedModality, dim: int, seed: int, whiten: bool = False, name: str = "modality"
+) -> tuple[np.ndarray, dict, PCAProjection]:
+    """`reduce_modality`, plus the fitted projection for items encoded later."""
     present = np.flatnonzero(encoded.mask)
     n_present, raw_dim = len(present), encoded.vectors.shape[1]
     if n_present == 0:
@@ -59,4 +111,4 @@ def reduce_modality(
     explained = float(np.nan_to_num(pca.explained_variance_ratio_.sum()))
     log.info("%s PCA %d -> %d on %d items: explained variance %.3f", name, raw_dim, dim, n_present, explained)
     info = {"raw_dim": raw_dim, "dim": dim, "fit_items": n_present, "whiten": whiten, "explained_variance": explained}
-    return reduced, info
+    return reduced, info, PCAProjection.of(pca)

@@ -83,6 +83,40 @@ def _rms(x: np.ndarray, mask: np.ndarray | None) -> float:
     return value if value > 0 else 1.0
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit RMS (zero rows stay zero)."""
+    rms = np.sqrt(np.mean(x**2, axis=1, keepdims=True))
+    return x / np.where(rms > 0, rms, 1.0)
+
+
+def _content_columns(features: ItemFeatures, cfg: TokenizerConfig, scaled_like: ItemFeatures) -> np.ndarray | None:
+    """The ridge's inputs: each used modality scaled by its RMS over `scaled_like`'s items (the
+    training items, also for items added later), and its presence flag; None without content."""
+    columns = []
+    for name in MODALITIES:
+        values, mask = getattr(features, name), getattr(features, f"{name}_mask")
+        ref, ref_mask = getattr(scaled_like, name), getattr(scaled_like, f"{name}_mask")
+        if values is None or ref is None or not {"image": cfg.use_image, "text": cfg.use_text}[name]:
+            continue
+        columns += [values * mask[:, None] / _rms(ref, ref_mask), mask[:, None].astype(np.float64)]
+    return np.concatenate(columns, axis=1) if columns else None
+
+
+def _content_ridge(features: ItemFeatures, collab: CollabEmbeddings, cfg: TokenizerConfig):
+    """The ridge content -> unit(e_c) of `calibrate_collab`, fitted on the items the graph knows well;
+    None without content inputs."""
+    content = _content_columns(features, cfg, features)
+    if content is None:
+        return None
+    counts = collab.item_counts.astype(np.float64)
+    known = counts > cfg.collab_prior_weight
+    if known.sum() < 2 * content.shape[1]:  # too few well-known items: fit on every seen item
+        known = counts > 0
+    from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=1.0, solver="cholesky").fit(content[known], _unit(collab.items.astype(np.float64))[known])
+
+
 def calibrate_collab(features: ItemFeatures, collab: CollabEmbeddings, cfg: TokenizerConfig) -> np.ndarray:
     """The collaborative vectors the tokenizer fuses, per `cfg.collab_calibration` (see the config).
 
@@ -93,42 +127,59 @@ def calibrate_collab(features: ItemFeatures, collab: CollabEmbeddings, cfg: Toke
     item's scaled text and image vectors (and their presence flags) to unit(e_c); it is fitted
     on the items the graph knows well (n > k), and its closed form keeps the result deterministic.
     """
-    items = collab.items.astype(np.float64)
     if cfg.collab_calibration == "none":
         return collab.items
     if collab.item_counts is None:
         raise ValueError("tokenizer.collab_calibration needs the collab artifact's item_counts, which this "
                          "run's collab stage predates: rerun it (`cemg run ... --force collab`)")
-
-    def unit(x: np.ndarray) -> np.ndarray:  # unit RMS per row
-        rms = np.sqrt(np.mean(x**2, axis=1, keepdims=True))
-        return x / np.where(rms > 0, rms, 1.0)
-
-    out = unit(items)
+    out = _unit(collab.items.astype(np.float64))
     if cfg.collab_calibration == "unit":
         return out.astype(np.float32)
-    columns = []
-    for name in MODALITIES:
-        values, mask = getattr(features, name), getattr(features, f"{name}_mask")
-        if values is None or not {"image": cfg.use_image, "text": cfg.use_text}[name]:
-            continue
-        columns += [values * mask[:, None] / _rms(values, mask), mask[:, None].astype(np.float64)]
-    if not columns:  # collab-only ids (an ablation): no content to predict from; the switched-off
+    ridge = _content_ridge(features, collab, cfg)
+    if ridge is None:  # collab-only ids (an ablation): no content to predict from; the switched-off
         # modalities must not leak in through the calibration either
         log.info("collab calibration 'content' without text or image inputs: unit vectors only")
         return out.astype(np.float32)
-    content = np.concatenate(columns, axis=1)
+    prior = _unit(ridge.predict(_content_columns(features, cfg, features)))
     counts = collab.item_counts.astype(np.float64)
     k = cfg.collab_prior_weight
-    known = counts > k
-    if known.sum() < 2 * content.shape[1]:  # too few well-known items: fit on every seen item
-        known = counts > 0
-    from sklearn.linear_model import Ridge
-
-    ridge = Ridge(alpha=1.0, solver="cholesky").fit(content[known], out[known])
-    prior = unit(ridge.predict(content))
     w = (counts / (counts + k))[:, None] if k > 0 else (counts > 0).astype(np.float64)[:, None]
-    return unit(w * out + (1 - w) * prior).astype(np.float32)
+    return _unit(w * out + (1 - w) * prior).astype(np.float32)
+
+
+COLLAB_STAND_INS = ("content", "zeros")
+
+
+def collab_stand_in(
+    new: ItemFeatures, features: ItemFeatures, collab: CollabEmbeddings, cfg: TokenizerConfig, kind: str
+) -> np.ndarray:
+    """Collaborative vectors, in `calibrate_collab`'s space, for items LightGCN never saw (`new`,
+    encoded after training; `features` and `collab` are the training items').
+
+    "content": unit(ridge(content)) with the ridge of `calibrate_collab`, i.e. exactly what the
+    "content" calibration gives a training item with no interaction (w = 0); under the "none"
+    calibration it is scaled to the mean row RMS of the raw LightGCN vectors. Needs the collab
+    artifact's item_counts and a text or image modality.
+    "zeros": the zero vector. In the fusion layer the query W_Q e_c is then 0, every present
+    modality's logit is 0, so the item's image and text get equal weights (1/2 each; 1 for its
+    only modality), and the collaborative half of the fused vector is 0: the item is placed by its
+    content alone, at the position of an item the graph has nothing to say about.
+    """
+    if kind == "zeros":
+        return np.zeros((new.n_items, collab.items.shape[1]), dtype=np.float32)
+    if kind != "content":
+        raise ValueError(f"unknown collaborative stand-in {kind!r}; expected one of {', '.join(COLLAB_STAND_INS)}")
+    if collab.item_counts is None:
+        raise ValueError("the 'content' stand-in needs the collab artifact's item_counts, which this run's collab "
+                         "stage predates; use 'zeros' or rerun the collab stage")
+    ridge = _content_ridge(features, collab, cfg)
+    if ridge is None:
+        raise ValueError("the 'content' stand-in predicts from text or image vectors, and this tokenizer uses "
+                         "neither; use 'zeros'")
+    prior = _unit(ridge.predict(_content_columns(new, cfg, features)))
+    if cfg.collab_calibration == "none":
+        prior = prior * float(np.sqrt(np.mean(collab.items.astype(np.float64) ** 2, axis=1)).mean())
+    return prior.astype(np.float32)
 
 
 def prepare_inputs(
@@ -137,10 +188,12 @@ def prepare_inputs(
     cfg: TokenizerConfig,
     device: str = "cpu",
     scales: dict[str, float] | None = None,
+    collab_vectors: np.ndarray | None = None,
 ) -> TokenizerInputs:
     """Check shapes, apply the ablation switches, scale each modality to unit RMS, move to `device`.
     Pass a trained model's `scales` (TokenizerArtifact.model_state["scales"]) to encode new items
-    exactly as the training items were."""
+    exactly as the training items were, and their collaborative vectors, already in the calibrated
+    space (`collab_stand_in`), as `collab_vectors` instead of `collab`."""
     fixed = scales or {}
     n = features.n_items
     use = {"image": cfg.use_image, "text": cfg.use_text}
@@ -165,18 +218,20 @@ def prepare_inputs(
     if len(set(dims.values())) > 1:
         raise ValueError(f"text and image features must share one dimension to be fused, got {dims}")
 
+    arrays["collab"] = None
     if cfg.use_collab:
-        if collab is None:
-            raise ValueError("tokenizer.use_collab is true but no collaborative embeddings were given")
-        if collab.items.shape[0] != n:
-            raise ValueError(f"collab embeddings cover {collab.items.shape[0]} items, features cover {n}")
-        if not np.isfinite(collab.items).all():
-            raise ValueError("collab embeddings: non-finite values")
-        vectors = calibrate_collab(features, collab, cfg)
-        scales["collab"] = fixed.get("collab") or _rms(vectors, None)
-        arrays["collab"] = torch.as_tensor(vectors / scales["collab"], dtype=torch.float32, device=device)
-    else:
-        arrays["collab"] = None
+        if collab_vectors is None:
+            if collab is None:
+                raise ValueError("tokenizer.use_collab is true but no collaborative embeddings were given")
+            if collab.items.shape[0] != n:
+                raise ValueError(f"collab embeddings cover {collab.items.shape[0]} items, features cover {n}")
+            if not np.isfinite(collab.items).all():
+                raise ValueError("collab embeddings: non-finite values")
+            collab_vectors = calibrate_collab(features, collab, cfg)
+        elif collab_vectors.shape[0] != n:
+            raise ValueError(f"collab vectors cover {collab_vectors.shape[0]} items, features cover {n}")
+        scales["collab"] = fixed.get("collab") or _rms(collab_vectors, None)
+        arrays["collab"] = torch.as_tensor(collab_vectors / scales["collab"], dtype=torch.float32, device=device)
     if all(arrays[m] is None for m in ("image", "text", "collab")):
         raise ValueError("the tokenizer has no input: every modality is switched off or absent")
     return TokenizerInputs(**arrays, scales=scales)
