@@ -10,6 +10,9 @@
     from cemg.api import compare_runs                # two configurations over seeds and users
     print(compare_runs("runs/a", "runs/b").verdict)
 
+    from cemg.api import add_items                   # new items into a trained run, no retraining
+    add_items("runs/demo", "new_items.jsonl").added  # then Recommender.load sees them (semantic mode)
+
 A run folder holds one artifact per stage plus `config.yaml`, the config it was built with; its
 layout, including the folders of a run with several seeds, is cemg.run_folder's. Runs made before
 `config.yaml` existed are read from the stage manifests instead, which record each stage's own
@@ -18,6 +21,7 @@ config section.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from cemg.added_items import AddedItem, AddItemsRefused, AddSummary, add_items, concat_tables, read_added_items
 from cemg.config import CEMGConfig
 from cemg.data.dataset import InteractionDataset
 from cemg.evaluation.seeds import Comparison, compare_seeds
@@ -35,8 +40,9 @@ from cemg.run_folder import RunFolder, lenient_section, load_run_config, seed_ev
 from cemg.tokenizer.semantic_ids import SemanticIds
 
 # load_run_config is part of this API (docs/api.md); it lives with the rest of the run folder's layout.
-__all__ = ["Comparison", "Explanation", "FusionView", "ItemCatalogue", "Neighbour", "Recommendation", "Recommender",
-           "UnknownItem", "compare_runs", "compute_fusion_view", "load_run_config"]
+__all__ = ["AddItemsRefused", "AddSummary", "AddedItem", "Comparison", "Explanation", "FusionView", "ItemCatalogue",
+           "Neighbour", "Recommendation", "Recommender", "UnknownItem", "add_items", "compare_runs",
+           "compute_fusion_view", "load_run_config"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +157,7 @@ class ItemCatalogue:
         semantic_ids: SemanticIds,
         learned_levels: int,
         fusion: FusionView | None = None,
+        n_trained: int | None = None,
     ):
         if semantic_ids.n_items != dataset.n_items:
             raise ValueError(f"semantic ids cover {semantic_ids.n_items} items, the dataset {dataset.n_items}")
@@ -158,6 +165,8 @@ class ItemCatalogue:
         self.semantic_ids = semantic_ids
         self.learned_levels = learned_levels
         self.fusion = fusion
+        # items 0..n_trained-1 are the trained ones; the rest were added later (`cemg items add`)
+        self.n_trained = dataset.n_items if n_trained is None else n_trained
         self._index = {key: i for i, key in enumerate(dataset.items.keys)}
 
     @classmethod
@@ -174,7 +183,19 @@ class ItemCatalogue:
             import json
 
             learned = len(json.loads((folder.stage("tokenizer") / "report.json").read_text(encoding="utf-8"))["levels"])
-        return cls(dataset, ids, learned, compute_fusion_view(folder))
+        fusion = compute_fusion_view(folder)
+        added = read_added_items(folder)
+        if added is None:
+            return cls(dataset, ids, learned, fusion)
+        # Items added after training (cemg.added_items) follow the trained ones: no index moves.
+        dataset = dataclasses.replace(dataset, items=concat_tables(dataset.items, added.table))
+        ids = SemanticIds(np.concatenate([ids.codes, added.codes]), ids.codebook_sizes)
+        if fusion is not None:
+            fusion = FusionView(np.concatenate([fusion.alphas, added.alphas]),
+                                np.concatenate([fusion.latents, added.latents]),
+                                np.concatenate([fusion.has_image, added.has_image]),
+                                np.concatenate([fusion.has_text, added.has_text]))
+        return cls(dataset, ids, learned, fusion, n_trained=len(ids.codes) - len(added))
 
     def __len__(self) -> int:
         return self.dataset.n_items
@@ -293,11 +314,17 @@ class Recommender:
         cfg = load_run_config(run_dir)
         catalogue = ItemCatalogue.load(folder, cfg)
         generator = load_generator(folder, cfg, device)
-        if not np.array_equal(generator.semantic_ids.codes, catalogue.semantic_ids.codes):
+        trained = catalogue.semantic_ids.codes[: catalogue.n_trained]
+        if not np.array_equal(generator.semantic_ids.codes, trained):
+            if catalogue.n_trained < len(catalogue):
+                raise ValueError(f"{run_dir}: the generator's semantic ids differ from the tokenizer's, against "
+                                 "which the added items were coded; retrain the generator or remove the added items")
             log.warning("%s: the generator's semantic ids differ from the tokenizer's; using the generator's",
                         run_dir)
             catalogue = ItemCatalogue(catalogue.dataset, generator.semantic_ids, catalogue.learned_levels,
                                       catalogue.fusion)
+        if len(catalogue) > generator.n_items:
+            generator = generator.with_catalogue(catalogue.semantic_ids)
         evaluation = folder.evaluation().results if folder.has("evaluation") else None
         log.info("loaded %s: %d items, %s generator, device %s", folder.seed_dir, len(catalogue),
                  cfg.generator.backbone, generator.device)

@@ -11,6 +11,11 @@ run never needs the runner.
                                    the seeded stages of every other seed (`cemg run --seeds`)
       seeds.json                   every metric's mean, std and per-seed values; where each seed's
                                    per-user ranks are
+      [seeds/<seed>/]items/        items added after training (`cemg items add`), per seed, since
+                                   their semantic ids come from that seed's tokenizer:
+          current.json             {"generation": "added-0003"}: the one generation readers use,
+                                   replaced in one os.replace when an add commits
+          added-0003/              every item added so far (cemg.added_items), immutable once named
       checkpoints/<stage>-<inputs hash>/
                                    training state of an interrupted stage (removed once it is built)
       report/                      `cemg report`
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,8 @@ CONFIG_FILE = "config.yaml"
 SEEDS_DIR = "seeds"
 SEEDS_FILE = "seeds.json"
 CHECKPOINTS_DIR = "checkpoints"
+ADDED_ITEMS_DIR = "items"
+ADDED_ITEMS_POINTER = "current.json"
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,40 @@ class RunFolder:
     def checkpoint(self, stage: str, inputs_hash: str) -> Path:
         # The inputs hash covers the seed, so every seed's checkpoints can share one folder.
         return self.root / CHECKPOINTS_DIR / f"{stage}-{inputs_hash}"
+
+    @property
+    def added_items_dir(self) -> Path:
+        return self.seed_dir / ADDED_ITEMS_DIR
+
+    def added_items(self) -> Path | None:
+        """The folder of the current generation of added items, or None when nothing was added.
+        Generations not named by the pointer (an add killed before its commit) are never read."""
+        pointer = self.added_items_dir / ADDED_ITEMS_POINTER
+        if not pointer.is_file():
+            return None
+        try:
+            name = json.loads(pointer.read_text(encoding="utf-8"))["generation"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{pointer}: not a readable pointer ({err})") from None
+        folder = self.added_items_dir / str(name)
+        if "/" in str(name) or not folder.is_dir():
+            raise FileNotFoundError(f"{pointer}: names {name!r}, which is not a folder beside it")
+        return folder
+
+    def commit_added_items(self, written: Path) -> Path:
+        """Publish `written` (a complete generation built inside `added_items_dir` under a hidden
+        name) as the current one: rename it to the next generation's name, then replace the pointer
+        in one os.replace, so a reader sees the old generation or the new one, never a mix. Older
+        generations are removed afterwards (a process that loaded one keeps it in memory)."""
+        base = self.added_items_dir
+        numbers = [int(p.name.split("-")[1]) for p in base.glob("added-*") if p.name.split("-")[1].isdigit()]
+        final = base / f"added-{max(numbers, default=0) + 1:04d}"
+        os.replace(written, final)
+        atomic_write_text(base / ADDED_ITEMS_POINTER, json.dumps({"generation": final.name}))
+        for old in base.glob("added-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
 
     @property
     def config_file(self) -> Path:

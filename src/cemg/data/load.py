@@ -111,17 +111,29 @@ def read_items(data: DataConfig) -> pd.DataFrame | None:
     path = _items_path(data)
     if path is None:
         return None
+    items = read_item_rows(data, path)
+    if data.item_key_map is not None:
+        items = _rekey(items, path, data)
+    return items
+
+
+def item_key_column(data: DataConfig) -> str:
+    """The item table's key column: data.item_key, else the format's convention."""
     if data.item_key is not None:
-        key = data.item_key
-    elif data.format == "table":
-        key = data.item_column or _TABLE["item"]
-    elif data.format == "recbole":
-        key = data.item_column or _RECBOLE["item_key"]
-    else:
-        key = _S3REC_ITEM_KEY
-    items = read_item_table(
+        return data.item_key
+    if data.format == "table":
+        return data.item_column or _TABLE["item"]
+    if data.format == "recbole":
+        return data.item_column or _RECBOLE["item_key"]
+    return _S3REC_ITEM_KEY
+
+
+def read_item_rows(data: DataConfig, path: Path) -> pd.DataFrame:
+    """An item table at `path` read with the configured key, text fields, image column and encoding
+    (no key mapping): the dataset's own table, or items added to a trained run (cemg.added_items)."""
+    return read_item_table(
         path,
-        key,
+        item_key_column(data),
         data.text_fields,
         data.image_column,
         # the default column is optional; one the config names explicitly must exist
@@ -130,9 +142,6 @@ def read_items(data: DataConfig) -> pd.DataFrame | None:
         encoding=data.encoding,
         fallback=data.fallback_encoding,
     )
-    if data.item_key_map is not None:
-        items = _rekey(items, path, data)
-    return items
 
 
 def _rekey(items: pd.DataFrame, path: Path, data: DataConfig) -> pd.DataFrame:

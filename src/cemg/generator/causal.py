@@ -402,6 +402,16 @@ class CausalGenerativeRecommender(SemanticIdRecommender):
     def beam_step(self, histories: Sequence[np.ndarray]) -> CausalStep:
         return CausalStep(self.model, self.last_states(histories))
 
+    def _over(self, semantic_ids: SemanticIds) -> CausalGenerativeRecommender:
+        if self.model.spec.per_item_parameters:
+            raise ValueError("a hybrid generator has a learned vector per trained item and none for a new one: "
+                             "items added after training cannot be scored; retrain, or use generator.mode=semantic")
+        # The item table and the node paths are buffers built from the codes; every weight is shared.
+        spec = dataclasses.replace(self.model.spec, n_items=semantic_ids.n_items)
+        model = CausalSemanticModel(spec, semantic_ids.codes, self.model.backbone)
+        model.load_state_dict(self.model.state_dict())
+        return type(self)(model, semantic_ids, self.config, str(self.device), self.info)
+
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

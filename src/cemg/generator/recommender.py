@@ -10,6 +10,7 @@ generator config, the training record, the ids' digest) and its weights.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -62,6 +63,28 @@ class SemanticIdRecommender:
     @property
     def n_items(self) -> int:
         return self.semantic_ids.n_items
+
+    def with_catalogue(self, semantic_ids: SemanticIds) -> SemanticIdRecommender:
+        """The same trained model over `semantic_ids`: the trained ids followed by items added after
+        training (cemg.added_items), with the trained codebooks. In semantic mode an item is its code
+        tuple, so a new one is scored like any other once it is in the prefix tree; the model is
+        shared, not copied. A family with per-item parameters (hybrid) refuses."""
+        trained = self.semantic_ids
+        if list(semantic_ids.codebook_sizes) != list(trained.codebook_sizes):
+            raise ValueError(f"the new catalogue's codebooks {semantic_ids.codebook_sizes} differ from the trained "
+                             f"{trained.codebook_sizes}")
+        if semantic_ids.n_items < trained.n_items or not np.array_equal(semantic_ids.codes[: trained.n_items],
+                                                                        trained.codes):
+            raise ValueError("the new catalogue does not start with the ids the generator was trained on")
+        return self._over(semantic_ids)
+
+    def _over(self, semantic_ids: SemanticIds) -> SemanticIdRecommender:
+        # The T5 families read an item only through its tokens and the tree.
+        out = copy.copy(self)
+        out.semantic_ids = semantic_ids
+        out.item_tokens = self.vocab.item_tokens(semantic_ids.codes)
+        out.tree = PrefixTree(semantic_ids.codes, semantic_ids.codebook_sizes).to(self.device)
+        return out
 
     def beam_step(self, histories: Sequence[np.ndarray]) -> BeamStep:
         """The search's per-level scorer for these users (runs the model over their histories)."""

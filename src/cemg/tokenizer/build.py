@@ -356,6 +356,55 @@ def make_unique(codes: np.ndarray, codebook_size: int | list[int]) -> tuple[Sema
     return SemanticIds(np.concatenate([codes, rank[:, None]], axis=1), [*sizes, int(counts.max())]), stats
 
 
+class CodeSpaceFull(ValueError):
+    """A new item's semantic id cannot be written with the trained codebooks (see `extend_unique`)."""
+
+    def __init__(self, item: int, message: str):
+        super().__init__(message)
+        self.item = item
+
+
+def extend_unique(base: SemanticIds, learned: np.ndarray, last_level_order: np.ndarray | None = None) -> SemanticIds:
+    """`base`'s ids followed by unique ids for new items whose learned codes are `learned` (n_new, M).
+
+    The generator's vocabulary is fixed by training, so nothing here widens a codebook. A new item
+    takes the smallest disambiguation code its learned codes' group leaves free (0 when no item has
+    them), as `make_unique` would have given it. When the group already fills the level's K codes
+    (or `base` has no disambiguation level and the codes are taken), the item moves to the next
+    nearest code of the last learned level whose group has room, in the order `last_level_order`
+    (n_new, K) gives (codes sorted by the distance of the item's last residual to them; its learned
+    code first): the nearest id the vocabulary can still write. CodeSpaceFull names an item with
+    no such code (or when no order is given): only a retrained tokenizer and generator can hold it."""
+    learned = np.asarray(learned, dtype=np.int64)
+    levels = learned.shape[1]
+    extra = base.levels - levels
+    if extra not in (0, 1):
+        raise ValueError(f"the trained ids have {base.levels} levels, the new items' codes {levels}")
+    limit = base.codebook_sizes[-1] if extra else 1
+    taken: dict[tuple[int, ...], set[int]] = {}
+    for row in base.codes.tolist():
+        taken.setdefault(tuple(row[:levels]), set()).add(row[levels] if extra else 0)
+    rows = []
+    for i, row in enumerate(learned.tolist()):
+        order = [row[-1]] if last_level_order is None else [row[-1], *last_level_order[i].tolist()]
+        for code in order:
+            prefix = (*row[:-1], int(code))
+            used = taken.setdefault(prefix, set())
+            free = next(c for c in range(len(used) + 1) if c not in used)
+            if free < limit:
+                break
+        else:
+            what = (f"its disambiguation level has {limit} codes, all held by items with the same learned codes"
+                    if extra else "the trained ids have no disambiguation level")
+            raise CodeSpaceFull(i, f"learned codes {tuple(row)} are already taken, {what}, and no other code of "
+                                   "the last level has room; the generator's vocabulary cannot represent this "
+                                   "item without retraining the tokenizer and generator")
+        used.add(free)
+        rows.append([*prefix, free] if extra else list(prefix))
+    codes = np.concatenate([base.codes, np.asarray(rows, dtype=np.int64).reshape(-1, base.levels)])
+    return SemanticIds(codes, list(base.codebook_sizes))
+
+
 def level_stats(codes: np.ndarray, codebook_size: int | list[int]) -> list[dict[str, float]]:
     """Per level: share of the codebook in use, perplexity of code usage, and the share of items
     whose prefix up to that level is shared with another item."""
