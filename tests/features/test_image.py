@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import cemg.features.image as image_module
 from cemg.data.errors import DataError
@@ -146,16 +147,41 @@ def test_bad_image_root_is_a_data_error(tmp_path):
         encode_images(["a.jpg"], tmp_path / "plain.txt")
 
 
-def test_vgg16_without_torchvision(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now fails everywhere
-    with pytest.raises(EncoderUnavailable, match="needs torchvision"):
+def test_auto_falls_back_without_vgg16_weights(monkeypatch, tmp_path, caplog):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # never needed: VGG16 is cemg.features.vgg16
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(EncoderUnavailable, match=r"VGG16 ImageNet weights not found at .*vgg16-397923af\.pth"):
         resolve_image_model("vgg16")
     with caplog.at_level(logging.WARNING, logger="cemg.features.image"):
         spec = resolve_image_model("auto")
     assert spec.name == "efficientnet-lite0" and spec.dim == 1280
     assert "VGG16 (the paper's image encoder) is unavailable" in caplog.text
+    # With the checkpoint in the hub folder, "auto" is the paper's VGG16 (the file is only opened
+    # when a network is built).
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth").write_bytes(b"")
+    spec = resolve_image_model("auto")
+    assert (spec.name, spec.dim, spec.crop, spec.weights_sha256) == ("vgg16", 4096, 224, None)
     with pytest.raises(EncoderUnavailable, match="unknown image model"):
         resolve_image_model("resnet")
+
+
+def test_explicit_weights_file_must_exist(tmp_path):
+    missing = tmp_path / "nowhere" / "vgg16.pth"
+    for model in ("vgg16", "auto", "efficientnet-lite1"):  # "auto" does not fall back from a named file
+        with pytest.raises(EncoderUnavailable, match=rf"{missing}: weights file .*not found"):
+            resolve_image_model(model, missing)
+
+
+@pytest.mark.parametrize("model, size", [("efficientnet-lite0", 224), ("efficientnet-lite1", 240),
+                                         ("efficientnet-lite2", 260)])
+def test_efficientnet_lite_sizes(folder, model, size):
+    # Each Lite is built for its own resolution (static "same" paddings), resized to size + 32 first.
+    spec = resolve_image_model(model)
+    assert (spec.crop, spec.resize, spec.mean, spec.std) == (size, size + 32, (127.0,) * 3, (128.0,) * 3)
+    out = encode_images(["a.jpg", "sub/b.jpg", "broken.jpg"], folder, model=model)
+    assert out.vectors.shape == (3, 1280) and out.mask.tolist() == [True, True, False]
+    assert np.isfinite(out.vectors).all() and out.info["model"] == model
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +52,17 @@ class VectorCache:
 
     Shards (rather than one file rewritten each time) let an interrupted run keep what it already
     encoded and let two processes add entries to the same folder without clobbering each other.
-    `folder=None` gives a cache that remembers nothing.
+    `folder=None` gives a cache that remembers nothing. New vectors are written as a shard once
+    `flush_every` are pending or, with `flush_seconds`, once the oldest pending one is that old:
+    what a killed run loses is bounded by both.
     """
 
-    def __init__(self, folder: Path | None, description: dict | None = None, flush_every: int = 2048):
+    def __init__(self, folder: Path | None, description: dict | None = None, flush_every: int = 2048,
+                 flush_seconds: float | None = None):
         self.folder = None if folder is None else Path(folder)
         self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self._pending_since: float | None = None
         self._known: dict[str, np.ndarray] = {}
         self._pending_keys: list[str] = []
         self._pending: list[np.ndarray] = []
@@ -86,9 +92,13 @@ class VectorCache:
         self._known[key] = vector
         if self.folder is None:
             return
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending_keys.append(key)
         self._pending.append(vector)
-        if len(self._pending) >= self.flush_every:
+        if len(self._pending) >= self.flush_every or (
+            self.flush_seconds is not None and time.monotonic() - self._pending_since >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:

