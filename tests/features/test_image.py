@@ -192,3 +192,84 @@ def test_efficientnet_lite_sizes(folder, model, size):
 )
 def test_safe_relative(ref, expected):
     assert safe_relative(ref) == expected
+
+
+def _gif(picture, seed: int, frames: int = 1) -> bytes:
+    import io
+
+    from PIL import Image
+
+    first = Image.open(io.BytesIO(picture(seed, fmt="PNG")))
+    out = io.BytesIO()
+    extra = [Image.open(io.BytesIO(picture(seed + 100, fmt="PNG")))] * (frames - 1)
+    first.save(out, format="GIF", save_all=frames > 1, append_images=extra)
+    return out.getvalue()
+
+
+def test_gif_under_a_jpg_name_decodes_by_content(tmp_path, picture):
+    # Amazon image dumps hold GIFs (and PNGs) named .jpg: the decoder goes by the bytes, and an
+    # animated GIF gives its first frame.
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "still.jpg").write_bytes(_gif(picture, 1))
+    (root / "still.gif").write_bytes(_gif(picture, 1))
+    (root / "moving.jpg").write_bytes(_gif(picture, 2, frames=3))
+    (root / "first.gif").write_bytes(_gif(picture, 2))
+    archive = tmp_path / "images.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("still.jpg", "still.gif", "moving.jpg", "first.gif"):
+            tar.add(root / name, arcname=name)
+    for source in (root, archive):
+        out = encode_images(["still.jpg", "still.gif", "moving.jpg", "first.gif"], source)
+        assert out.mask.all() and out.info["missing"] == 0
+        np.testing.assert_array_equal(out.vectors[0], out.vectors[1])
+        np.testing.assert_allclose(out.vectors[2], out.vectors[3], atol=1e-5)
+        assert not np.allclose(out.vectors[0], out.vectors[2])
+
+
+def test_a_killed_encode_resumes_from_the_flushed_vectors(tmp_path, picture, monkeypatch):
+    root = tmp_path / "images"
+    root.mkdir()
+    refs = []
+    for i in range(10):
+        (root / f"{i}.jpg").write_bytes(picture(20 + i))
+        refs.append(f"{i}.jpg")
+    uninterrupted = encode_images(refs, root, batch_size=2)
+
+    real_build = image_module.build_image_network
+    calls = {"batches": 0}
+
+    def dies_on_the_third_batch(spec, device):
+        network = real_build(spec, device)
+
+        def forward(pixels):
+            calls["batches"] += 1
+            if calls["batches"] == 3:
+                raise KeyboardInterrupt("killed")  # nothing after this point runs, as under kill -9
+            return network(pixels)
+
+        return forward
+
+    monkeypatch.setattr(image_module, "FLUSH_EVERY_IMAGES", 2)  # a shard per batch, as 256 are on Toys
+    monkeypatch.setattr(image_module, "build_image_network", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        encode_images(refs, root, batch_size=2, cache_dir=tmp_path / "cache")
+    [folder] = (tmp_path / "cache" / "images").iterdir()
+    assert len(list(folder.glob("shard-*.npz"))) == 2  # the two finished batches
+    monkeypatch.setattr(image_module, "build_image_network", real_build)
+    resumed = encode_images(refs, root, batch_size=2, cache_dir=tmp_path / "cache")
+    assert resumed.info["from_cache"] == 4 and resumed.info["encoded"] == 6
+    np.testing.assert_array_equal(resumed.mask, uninterrupted.mask)
+    np.testing.assert_allclose(resumed.vectors, uninterrupted.vectors, rtol=0, atol=1e-6)
+
+
+def test_image_cache_flushes_on_time_as_well_as_count(tmp_path, monkeypatch):
+    from cemg.features import encoded
+
+    clock = iter([0.0, 10.0, 59.0, 61.0, 62.0])
+    monkeypatch.setattr(encoded.time, "monotonic", lambda: next(clock))
+    cache = encoded.VectorCache(tmp_path / "c", flush_every=100, flush_seconds=60.0)
+    for i in range(3):  # pending since t=0; checked at 10 and 59: kept; at 61 (third put): written
+        cache.put(f"k{i}", np.full(4, i, np.float32))
+    assert len(list((tmp_path / "c").glob("shard-*.npz"))) == 1
+    assert len(encoded.VectorCache(tmp_path / "c")) == 3
