@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/image_neighbours_<run>.json")
     args = parser.parse_args(argv)
     result = neighbour_metrics(args.run_dir, args.part)
-    command = f"python bench/image_neighbours.py {args.run_dir}" + (f" --part {args.part}" if args.part != "test" else "")
+    command = f"python bench/image_neighbours.py {args.run_dir}"
+    if args.part != "test":
+        command += f" --part {args.part}"
     record = {"command": command, "run": str(args.run_dir), **result}
     out = args.out or RESULTS / f"image_neighbours_{Path(args.run_dir).resolve().name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,9 @@ def _efficientnet_lite_spec(name: str, weights: Path | str | None = None) -> Ima
     try:
         import efficientnet_lite_pytorch  # noqa: F401
     except ImportError as err:
-        raise EncoderUnavailable(f"image model {name!r} needs the PyPI package efficientnet-lite-pytorch ({err})") from None
+        raise EncoderUnavailable(
+            f"image model {name!r} needs the PyPI package efficientnet-lite-pytorch ({err})"
+        ) from None
     digest = None
     if weights is not None:
         path, digest = _explicit_weights(weights, name)
