@@ -209,7 +209,7 @@ def add_items(
         dataset = InteractionDataset.load(folder.stage("data"))
         previous = read_added_items(folder)
         known = set(dataset.items.keys) | set(previous.table.keys if previous else [])
-        rows = read_item_rows(cfg.data, items_file)
+        rows = read_item_rows(cfg.data, items_file, images_optional=True)
         key = item_key_column(cfg.data)
         for i, k in enumerate(rows["item"]):
             if k in known:

@@ -22,6 +22,8 @@ app.add_typer(data_app, name="data")
 ids_app = typer.Typer(help="Semantic ids in the LC-Rec / LETTER index.json format: export, check.",
                       no_args_is_help=True)
 app.add_typer(ids_app, name="ids")
+items_app = typer.Typer(help="The catalogue of a trained run: add items without retraining.", no_args_is_help=True)
+app.add_typer(items_app, name="items")
 console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
@@ -530,6 +532,37 @@ def serve(
     print(f"serving {run_dir} ({recommender.n_items:,} items) on http://{host}:{port}  ({how}; OpenAPI: /docs)")
     uvicorn.run(create_app(recommender, batching_cfg), host=host, port=port,
                 log_level="warning" if quiet else "info")
+
+
+@items_app.command("add")
+def items_add(
+    run_dir: Path = typer.Argument(..., help="A finished run folder (semantic-mode generator)."),
+    items: Path = typer.Option(..., "--items", help="Item table (jsonl, csv/tsv, parquet, RecBole .item), read "
+                                                     "with the run's key column and text fields."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder or .tar holding the image refs "
+                                                                  "(default: the run's image root)."),
+    collab: str = typer.Option("content", "--collab", help="Collaborative stand-in: content (ridge prediction "
+                                                          "from text and image) or zeros."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Which seed of a run made with --seeds "
+                                                           "(default: the config's)."),
+    device: str = typer.Option("cpu", "--device", help="Device of the text and image encoders."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Give new items semantic ids with the run's trained encoders, PCA, fusion and RQ-VAE, and add
+    them to its catalogue; `cemg serve` picks them up on POST /admin/reload (docs/own-data.md)."""
+    from cemg.added_items import AddItemsRefused, add_items
+
+    _config(None, None, quiet)
+    try:
+        summary = add_items(run_dir, items, images, collab, seed, device)
+    except AddItemsRefused as err:
+        raise UserError(str(err)) from None
+    for row in summary.added:
+        print(f"{row.key}\t{row.title}\tcodes {row.codes}\timage {row.image}")
+    print(f"added {len(summary.added)} items ({summary.items_before:,} -> {summary.items_after:,}; collab stand-in "
+          f"{summary.collab}) into {summary.folder}")
+    if summary.images_not_found:
+        print(f"image not found for {', '.join(summary.images_not_found)}: coded from text alone")
 
 
 @app.command("compare")

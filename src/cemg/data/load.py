@@ -128,16 +128,18 @@ def item_key_column(data: DataConfig) -> str:
     return _S3REC_ITEM_KEY
 
 
-def read_item_rows(data: DataConfig, path: Path) -> pd.DataFrame:
+def read_item_rows(data: DataConfig, path: Path, images_optional: bool = False) -> pd.DataFrame:
     """An item table at `path` read with the configured key, text fields, image column and encoding
-    (no key mapping): the dataset's own table, or items added to a trained run (cemg.added_items)."""
+    (no key mapping): the dataset's own table, or items added to a trained run (cemg.added_items,
+    where a table without images is fine: `images_optional`)."""
     return read_item_table(
         path,
         item_key_column(data),
         data.text_fields,
         data.image_column,
         # the default column is optional; one the config names explicitly must exist
-        image_required=data.image_column is not None and "image_column" in data.model_fields_set,
+        image_required=(not images_optional and data.image_column is not None
+                        and "image_column" in data.model_fields_set),
         delimiter=data.delimiter,
         encoding=data.encoding,
         fallback=data.fallback_encoding,

@@ -6,6 +6,7 @@
     GET  /health         liveness and what is loaded
     GET  /metrics        request counts, status codes and latency percentiles per endpoint, and the
                          micro-batcher's batch sizes
+    POST /admin/reload   reload the run from disk (items added by `cemg items add`); loopback only
     GET  /docs, /openapi.json   FastAPI's OpenAPI description
 
 Errors are 422 (a malformed request, or an item the run does not have in a /recommend history) and
@@ -13,6 +14,11 @@ Errors are 422 (a malformed request, or an item the run does not have in a /reco
 
 History items are JSON integers (item indices) or strings (raw item keys), never coerced into each
 other: on ML-100K the key "5" and the index 5 are different movies.
+
+Reload: the new Recommender is built off to the side and replaces the served one in a single
+reference assignment. Each request reads that reference once, so it is answered wholly by the old
+object or wholly by the new one; a batch already being scored keeps the object it started with.
+Added items only append to the catalogue, so an item index or key valid before a reload stays valid.
 
 Concurrent /recommend requests are scored together in one generator call (cemg.serve.batching);
 `create_app(rec, BatchingConfig(enabled=False))` scores each on its own.
@@ -30,7 +36,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -118,6 +124,13 @@ class ErrorOut(BaseModel):
     detail: list[ErrorDetail]
 
 
+class ReloadOut(BaseModel):
+    items_before: int
+    items: int
+    added_items: int = Field(description="Items added after training (`cemg items add`) now served.")
+    seconds: float
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
     version: str
@@ -200,10 +213,29 @@ def _unknown(err: UnknownItem, loc: list, status: int) -> JSONResponse:
     return SafeJSONResponse({"detail": detail}, status_code=status)
 
 
-def create_app(recommender: Recommender, batching: BatchingConfig | None = None) -> FastAPI:
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class Served:
+    """The recommender being served, swapped whole by a reload. Readers take `current` once per
+    request; one reload runs at a time."""
+
+    def __init__(self, recommender: Recommender):
+        self.current = recommender
+        self.reload_lock = threading.Lock()
+
+
+def create_app(recommender: Recommender, batching: BatchingConfig | None = None,
+               reload: Any = None) -> FastAPI:
     """A FastAPI app serving `recommender`; run it with uvicorn (see `cemg serve`). With
-    `batching.enabled` (default: BatchingConfig()), concurrent /recommend requests share generator calls."""
+    `batching.enabled` (default: BatchingConfig()), concurrent /recommend requests share generator calls.
+    `reload`: a function returning a freshly loaded Recommender for POST /admin/reload (default:
+    `Recommender.load` of the served run folder and device)."""
     batching = batching or BatchingConfig()
+    served = Served(recommender)
+    if reload is None and recommender.run_dir is not None:
+        def reload():
+            return Recommender.load(recommender.run_dir, device=str(recommender.generator.device))
     batcher = MicroBatcher(recommender, batching.max_batch, batching.max_wait_ms) if batching.enabled else None
 
     @asynccontextmanager
@@ -225,7 +257,6 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
     async def invalid_request(request, exc: RequestValidationError):
         return SafeJSONResponse({"detail": jsonable_encoder(_json_safe(exc.errors()))}, status_code=422)
     started = time.time()
-    catalogue = recommender.catalogue
 
     # The error answers are declared with their body: a bare description left a client (and
     # schemathesis) with a 422 whose content the schema did not describe.
@@ -237,6 +268,7 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
     async def recommend(request: RecommendRequest):
         # async so that a batch can hold more requests than a thread pool has threads; the beam
         # search itself runs in the batcher's worker thread (or the pool), never on the event loop.
+        recommender = served.current
         try:
             if batcher is not None:
                 rows = await batcher.recommend(request.history, request.k, request.exclude_history)
@@ -264,6 +296,8 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
         by: Literal["key", "index"] = Query("key", description="Read item_id as a raw key or an item index."),
         neighbours: int = Query(5, ge=0, le=50, description="Nearest items sharing a code prefix."),
     ):
+        recommender = served.current
+        catalogue = recommender.catalogue
         ref: int | str = item_id
         if by == "index":
             if not item_id.isascii() or not item_id.isdigit():
@@ -279,8 +313,36 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
             return _unknown(err, ["path", "item_id"], 404)
         return ItemOut(**dataclasses.asdict(explanation))
 
+    @app.post("/admin/reload", response_model=ReloadOut, responses={
+        403: {"description": "Asked from another host than this one (loopback only)."},
+        409: {"description": "The app was built without a run folder to reload from."},
+    })
+    async def admin_reload(request: Request):
+        """Load the run again (e.g. after `cemg items add`) and serve it from the next request on;
+        requests in flight finish on the object they started with."""
+        if request.client is None or request.client.host not in LOOPBACK:
+            return SafeJSONResponse({"detail": "reload is allowed from this host only (loopback)"}, status_code=403)
+        if reload is None:
+            return SafeJSONResponse({"detail": "this app serves a Recommender without a run folder"}, status_code=409)
+
+        def swap() -> ReloadOut:
+            with served.reload_lock:
+                start, before = time.perf_counter(), served.current.n_items
+                fresh = reload()
+                served.current = fresh  # one reference assignment: the swap
+                if batcher is not None:
+                    batcher.recommender = fresh
+                catalogue = fresh.catalogue
+                return ReloadOut(items_before=before, items=len(catalogue),
+                                 added_items=len(catalogue) - catalogue.n_trained,
+                                 seconds=time.perf_counter() - start)
+
+        return await run_in_threadpool(swap)
+
     @app.get("/health", response_model=HealthOut)
     def health():
+        recommender = served.current
+        catalogue = recommender.catalogue
         return HealthOut(
             status="ok",
             version=cemg.__version__,
@@ -304,7 +366,7 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
 
     app.state.metrics = metrics
     app.state.batcher = batcher
-    app.state.recommender = recommender
+    app.state.served = served
     return app
 
 

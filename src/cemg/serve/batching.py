@@ -168,6 +168,8 @@ class MicroBatcher:
         # set_running_or_notify_cancel drops requests whose caller gave up, and makes the rest
         # uncancellable, so set_result below cannot meet a cancelled future.
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        # Read once: a reload (serve.app) may swap the attribute while this batch is scored.
+        recommender = self.recommender
         groups: dict[tuple[int, bool], list[_Job]] = {}
         for job in live:
             groups.setdefault((job.k, job.exclude_history), []).append(job)
@@ -175,7 +177,7 @@ class MicroBatcher:
             with self._stats_lock:
                 self._sizes[len(jobs)] += 1
             try:
-                results = self.recommender.recommend_batch([job.history for job in jobs], k, exclude)
+                results = recommender.recommend_batch([job.history for job in jobs], k, exclude)
             except Exception as err:  # every request of the group re-raises it
                 for job in jobs:
                     job.future.set_exception(err)
