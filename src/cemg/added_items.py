@@ -201,7 +201,8 @@ def add_items(
     if tokenizer.model_state is None:
         raise AddItemsRefused("this run's semantic ids were read from a file (tokenizer.ids_file): there is no "
                               "fusion layer or RQ-VAE to code a new item with")
-    tok_cfg = lenient_section(TokenizerConfig, tokenizer.model_state["init_args"]["cfg"], str(folder.stage("tokenizer")))
+    tok_folder = folder.stage("tokenizer")
+    tok_cfg = lenient_section(TokenizerConfig, tokenizer.model_state["init_args"]["cfg"], str(tok_folder))
 
     with _exclusive(folder.added_items_dir):
         from cemg.data.dataset import InteractionDataset
@@ -247,7 +248,7 @@ def add_items(
         try:
             everything.save(tmp)
             write_manifest(tmp, STAGE, fingerprint(everything.table.keys, everything.codes.tolist()),
-                           {"collab": collab}, tokenizer_inputs_hash=read_manifest(folder.stage("tokenizer"))["inputs_hash"],
+                           {"collab": collab}, tokenizer_inputs_hash=read_manifest(tok_folder)["inputs_hash"],
                            trained_items=dataset.n_items, added_items=len(everything))
             if os.environ.get(PAUSE_ENV):
                 print("items add: generation written, about to publish", flush=True)
@@ -293,8 +294,9 @@ def _encode(table: ItemTable, trained: ItemFeatures, cfg, image_root, device: st
                                         fc.text_pooling, fc.batch_size, fc.text_max_length, cfg.cache_dir, device)
         else:
             refs = table.image_refs or [None] * len(table)
-            encoded = encode_images(refs, None if image_root is None else Path(image_root), info.get("model", fc.image_model),
-                                    fc.image_batch_size, cfg.cache_dir, device)
+            root = None if image_root is None else Path(image_root)
+            encoded = encode_images(refs, root, info.get("model", fc.image_model), fc.image_batch_size, cfg.cache_dir,
+                                    device, weights=fc.image_weights)
         out[name] = projection.transform(encoded.vectors, encoded.mask)
         out[f"{name}_mask"] = encoded.mask.copy()
     return ItemFeatures(len(table), **out)

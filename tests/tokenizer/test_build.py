@@ -204,3 +204,16 @@ def test_collab_calibration_refuses_an_artifact_without_counts():
     collab = CollabEmbeddings(collab.users, collab.items)
     with pytest.raises(ValueError, match="item_counts"):
         calibrate_collab(features, collab, TokenizerConfig(collab_calibration="unit"))
+
+
+def test_extend_unique_fills_free_codes_then_the_nearest_group_with_room():
+    from cemg.tokenizer.build import CodeSpaceFull, extend_unique
+
+    base, _ = make_unique(np.array([[0, 1], [0, 1], [2, 3]]), 4)  # disambiguation level of 2 codes
+    out = extend_unique(base, np.array([[2, 3], [1, 1]]))
+    assert out.codes[3:].tolist() == [[2, 3, 1], [1, 1, 0]] and out.codebook_sizes == base.codebook_sizes
+    # (0, 1) is full: the next code of the last level in the given order with room is taken
+    moved = extend_unique(base, np.array([[0, 1]]), last_level_order=np.array([[1, 3, 2, 0]]))
+    assert moved.codes[3:].tolist() == [[0, 3, 0]]
+    with pytest.raises(CodeSpaceFull, match=r"\(0, 1\) are already taken"):
+        extend_unique(base, np.array([[0, 1]]))

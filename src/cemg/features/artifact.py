@@ -87,7 +87,8 @@ class ItemFeatures:
                     projections = {name: pca for name in ("text", "image")
                                    if (pca := PCAProjection.from_arrays(arrays, name)) is not None}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-                raise DataError(folder / PCA_FILE, f"not a readable PCA archive ({type(err).__name__}: {err})") from None
+                raise DataError(folder / PCA_FILE,
+                                f"not a readable PCA archive ({type(err).__name__}: {err})") from None
         try:
             return cls(n_items, got.get("text"), got.get("text_mask"), got.get("image"), got.get("image_mask"), info,
                        projections)
