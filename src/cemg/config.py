@@ -120,6 +120,16 @@ class TokenizerConfig(_Section):
     use_collab: bool = True
     use_image: bool = True
     use_text: bool = True
+    # How v, t and e_c become the RQ-VAE's input (src/cemg/tokenizer/fusion.py; issue 12):
+    # "attention": the paper's collaborative-guided attention (4.2.2.3): q = W_Q e_c, keys W_K over
+    #   [v, t], softmax over the present modalities, fused = [a_v v + a_t t; e_c].
+    # "content_attention": the same form with the query from the item's own content, q = W_Q [v; t]
+    #   (what the collaborative query adds: e_c stays in the fused vector, it just chooses nothing).
+    # "mean": a_v = a_t = 1/2 (1 for an item's only modality), fused = [(v + t) / 2; e_c]; no parameters.
+    # "concat": fused = [v; t; e_c], a missing modality a zero block; no parameters, and the fusion
+    #   weights it reports are the fixed equal split of "mean".
+    # Not in the tokenizer stage's input hash at "attention", so earlier tokenizers stay valid.
+    fusion: Literal["attention", "concat", "content_attention", "mean"] = "attention"
     # Not in the paper (see src/cemg/tokenizer/build.py, rqvae.py and docs/results.md ## Tokenizer):
     recon_target: Literal["inputs", "fused"] = "inputs"  # decoder rebuilds [v, t, e_c], or sg(fused)
     kmeans_init: bool = True  # k-means codebook init on the items' first-pass residuals

@@ -200,8 +200,9 @@ def run_pipeline(
     else:
         # Options added after tokenizers were trained are left out of the hash at their defaults, so
         # adding them did not invalidate those tokenizers.
-        later = {"ids_file"} | ({"collab_calibration", "collab_prior_weight"}
-                                if cfg.tokenizer.collab_calibration == "none" else set())
+        later = ({"ids_file"} | ({"collab_calibration", "collab_prior_weight"}
+                                 if cfg.tokenizer.collab_calibration == "none" else set())
+                 | ({"fusion"} if cfg.tokenizer.fusion == "attention" else set()))
         tok_section = cfg.tokenizer.model_dump(mode="json", exclude=later)
         h_tok = fingerprint("tokenizer", h_feat, h_collab, tok_section, cfg.seed)
         build_tok = lambda: build_tokenizer(  # noqa: E731

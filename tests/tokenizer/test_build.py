@@ -217,3 +217,37 @@ def test_extend_unique_fills_free_codes_then_the_nearest_group_with_room():
     assert moved.codes[3:].tolist() == [[0, 3, 0]]
     with pytest.raises(CodeSpaceFull, match=r"\(0, 1\) are already taken"):
         extend_unique(base, np.array([[0, 1]]))
+
+
+@pytest.mark.parametrize("kind", ["concat", "content_attention", "mean"])
+@pytest.mark.parametrize("switches", [{}, {"use_collab": False}, {"use_image": False},
+                                      {"use_image": False, "use_text": False}])
+def test_fusion_variants_train_save_and_reencode_their_codes(kind, switches, tmp_path):
+    features, collab = _data()  # d = 6, d_c = 5; 30% of the items lack an image
+    cfg = TokenizerConfig(**{**TINY, "epochs": 1, "fusion": kind, **switches})
+    artifact = build_tokenizer(features, collab, cfg, seed=0)
+    used = [cfg.use_image, cfg.use_text].count(True)
+    content = (6 * used if kind == "concat" else 6) if used else 0
+    assert artifact.report["inputs"]["fusion"] == kind
+    assert artifact.report["inputs"]["fused_dim"] == content + (5 if cfg.use_collab else 0)
+    alphas = artifact.report["alphas"]
+    if used == 2 and kind != "content_attention":
+        assert alphas["both_mean_alpha_text"] == 0.5 and alphas["both_std_alpha_text"] == 0.0
+
+    artifact.save(tmp_path / "tok")
+    model = TokenizerArtifact.load(tmp_path / "tok").model()  # the variant comes back from the saved state
+    assert model.fusion.out_dim == artifact.report["inputs"]["fused_dim"]
+    inputs = prepare_inputs(features, collab if cfg.use_collab else None, cfg, scales=artifact.model_state["scales"])
+    with torch.no_grad():
+        codes = model(inputs)["codes"].numpy()
+    assert np.array_equal(codes, artifact.semantic_ids.codes[:, : cfg.levels])
+
+
+def test_a_model_saved_before_the_fusion_option_loads_as_attention(tmp_path):
+    features, collab = _data()
+    artifact = build_tokenizer(features, collab, TokenizerConfig(**{**TINY, "epochs": 1}), seed=0)
+    state = dict(artifact.model_state)
+    state["init_args"] = {**state["init_args"], "cfg": {k: v for k, v in state["init_args"]["cfg"].items()
+                                                       if k != "fusion"}}
+    old = TokenizerArtifact(artifact.semantic_ids, artifact.report, state)
+    assert type(old.model().fusion).__name__ == "CollaborativeGuidedFusion"

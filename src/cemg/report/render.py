@@ -79,8 +79,10 @@ def _overview(c: RunContent) -> Section:
             rows.append(["semantic ids", f"{learned} levels x {'/'.join(map(str, sizes))} codes{extra} "
                                          f"(read from {c.tokenizer_report['source']['ids_file']})"])
         else:
+            inputs = c.tokenizer_report["inputs"]
             rows.append(["semantic ids", f"{learned} levels x {cfg.tokenizer.codebook_size} codes{extra} "
-                                         f"(modalities: {', '.join(c.tokenizer_report['inputs']['modalities'])})"])
+                                         f"(modalities: {', '.join(inputs['modalities'])}; "
+                                         f"fusion: {inputs.get('fusion', 'attention')})"])
     if c.generator_info:
         g = c.generator_info
         rows.append(["generator", f"{g['kind']} ({g.get('n_parameters', 0):,} parameters, beam {cfg.generator.beams})"])
@@ -170,6 +172,15 @@ def _fusion(c: RunContent) -> Section:
         return Section("Fusion attention", ["The fusion weights cannot be rebuilt: the run lacks the tokenizer "
                                             "model, the features or the collaborative embeddings."])
     both = f.has_image & f.has_text
+    kind = ((c.tokenizer_report or {}).get("inputs") or {}).get("fusion", "attention")
+    if kind in ("mean", "concat"):
+        how = ("averages the present modalities" if kind == "mean"
+               else "puts the image and text vectors side by side, unweighted")
+        return Section("Fusion attention", [(
+            f"No attention: this tokenizer's fusion (tokenizer.fusion: {kind}) {how}. Its weights are fixed, "
+            f"not learned: 1/2 each for the {int(both.sum()):,} items with image and text, 1 for an item's only "
+            "modality, 0 for a missing one. The paper's collaborative-guided attention is tokenizer.fusion: "
+            "attention.")])
     if not f.has_image.any():
         return Section("Fusion attention", [(
             f"No item has an image, so the fusion layer has one modality to weigh: every one of the "
@@ -184,9 +195,12 @@ def _fusion(c: RunContent) -> Section:
         ["text only", f"{int((f.has_text & ~f.has_image).sum()):,}", "0", "1"],
         ["neither", f"{int((~f.has_image & ~f.has_text).sum()):,}", "0", "0"],
     ]
+    query = ("Paper 4.2.2.3: each item's collaborative embedding queries" if kind == "attention" else
+             "tokenizer.fusion: content_attention (not the paper's query): each item's own content, W_Q [v; t], "
+             "queries")
     blocks: list[Block] = [
-        "Paper 4.2.2.3: each item's collaborative embedding queries its image and text vectors; the "
-        "softmax weights mix them. A missing modality gets weight exactly 0.",
+        f"{query} its image and text vectors; the softmax weights mix them. A missing modality gets weight "
+        "exactly 0.",
         Table(["items with", "items", "mean image weight", "mean text weight"], rows),
     ]
     if both.any():

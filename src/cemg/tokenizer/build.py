@@ -39,7 +39,7 @@ from cemg.checkpoint import TrainingCheckpoint
 from cemg.collab.artifact import CollabEmbeddings
 from cemg.config import TokenizerConfig
 from cemg.features.artifact import ItemFeatures
-from cemg.tokenizer.fusion import MODALITIES, CollaborativeGuidedFusion
+from cemg.tokenizer.fusion import MODALITIES, build_fusion
 from cemg.tokenizer.rqvae import RQVAE
 from cemg.tokenizer.semantic_ids import SemanticIds
 
@@ -241,7 +241,8 @@ def prepare_inputs(
 
 
 class TokenizerModel(nn.Module):
-    """Fusion followed by the RQ-VAE; W_Q and W_K train jointly with the RQ-VAE's loss."""
+    """Fusion followed by the RQ-VAE; the fusion's parameters (W_Q and W_K of the attention forms)
+    train jointly with the RQ-VAE's loss."""
 
     def __init__(
         self,
@@ -257,7 +258,8 @@ class TokenizerModel(nn.Module):
             content_dim=content_dim, collab_dim=collab_dim, use_image=use_image, use_text=use_text,
             recon_target=recon_target, cfg=cfg,
         )
-        self.fusion = CollaborativeGuidedFusion(content_dim, collab_dim, use_image, use_text)
+        # tokenizer.fusion; a model saved before the option existed is the paper's attention.
+        self.fusion = build_fusion(cfg.get("fusion", "attention"), content_dim, collab_dim, use_image, use_text)
         self.recon_target = recon_target
         # Decoder output: the used modalities side by side, or the fused vector.
         self.target_dims = {}
@@ -620,9 +622,10 @@ def build_tokenizer(
     inputs = prepare_inputs(features, collab if cfg.use_collab else None, cfg, device)
     n = inputs.n_items
     log.info(
-        "tokenizer: %d items, modalities %s, M=%d K=%d, %d epochs on %s",
+        "tokenizer: %d items, modalities %s, %s fusion, M=%d K=%d, %d epochs on %s",
         n, [m for m in ("image", "text", "collab") if getattr(inputs, m) is not None],
-        cfg.levels, cfg.codebook_size, cfg.epochs, device,
+        # getattr: a config loaded by a process that imported cemg.config before the option existed
+        getattr(cfg, "fusion", "attention"), cfg.levels, cfg.codebook_size, cfg.epochs, device,
     )
     model, training = train_tokenizer_model(inputs, cfg, seed, checkpoint)
     final = _evaluate(model, inputs)
@@ -638,6 +641,7 @@ def build_tokenizer(
         "inputs": {
             "modalities": [m for m in ("image", "text", "collab") if getattr(inputs, m) is not None],
             "scales": inputs.scales,
+            "fusion": model.init_args["cfg"].get("fusion", "attention"),
             "fused_dim": model.fusion.out_dim,
             "recon_target": cfg.recon_target,
         },
