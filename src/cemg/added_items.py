@@ -183,7 +183,7 @@ def add_items(
     generator's vocabulary cannot hold), AddItemsRefused, FileNotFoundError."""
     from cemg.collab.artifact import CollabEmbeddings
     from cemg.config import TokenizerConfig
-    from cemg.data.load import item_key_column, read_item_rows
+    from cemg.data.load import item_key_column
     from cemg.tokenizer.build import COLLAB_STAND_INS, CodeSpaceFull, TokenizerArtifact, collab_stand_in, extend_unique
 
     if collab not in COLLAB_STAND_INS:
@@ -210,16 +210,12 @@ def add_items(
         dataset = InteractionDataset.load(folder.stage("data"))
         previous = read_added_items(folder)
         known = set(dataset.items.keys) | set(previous.table.keys if previous else [])
-        rows = read_item_rows(cfg.data, items_file, images_optional=True)
+        table = read_item_table(cfg, items_file)
         key = item_key_column(cfg.data)
-        for i, k in enumerate(rows["item"]):
+        for i, k in enumerate(table.keys):
             if k in known:
                 raise DataError(items_file, f"item key {k!r} (record {i + 1}) is already in the catalogue; "
                                             "an added item is never updated or duplicated", field=key)
-        table = ItemTable(
-            list(rows["item"]), {name: list(rows[name]) for name in cfg.data.text_fields},
-            list(rows["image"]) if "image" in rows else None,
-        )
         features = ItemFeatures.load(folder.stage("features"))
         new_features = _encode(table, features, cfg, images if images is not None else dataset.image_root, device)
         stand_in = None
@@ -271,6 +267,30 @@ def _image_status(table: ItemTable, features: ItemFeatures) -> list[str]:
     refs = table.image_refs or [None] * len(table)
     found = features.image_mask if features.image_mask is not None else np.zeros(len(table), bool)
     return ["none" if ref is None else "found" if ok else "not found" for ref, ok in zip(refs, found)]
+
+
+def read_item_table(cfg, items_file: Path | str) -> ItemTable:
+    """New items read like the run's own item table (format by suffix, key column and text fields as
+    configured); DataError names a bad file and line."""
+    from cemg.data.load import read_item_rows
+
+    rows = read_item_rows(cfg.data, Path(items_file), images_optional=True)
+    return ItemTable(list(rows["item"]), {name: list(rows[name]) for name in cfg.data.text_fields},
+                     list(rows["image"]) if "image" in rows else None)
+
+
+def encode_new_items(
+    run: RunFolder, items_file: Path | str, images: Path | str | None = None, device: str = "cpu"
+) -> tuple[ItemTable, ItemFeatures]:
+    """The items of `items_file` and their content vectors as the run's features stage would give them
+    (its encoders, its fitted PCA), without adding them: for content-only comparisons."""
+    from cemg.data.dataset import InteractionDataset
+
+    cfg = load_run_config(run.root)
+    table = read_item_table(cfg, items_file)
+    if images is None:
+        images = InteractionDataset.load(run.stage("data")).image_root
+    return table, _encode(table, ItemFeatures.load(run.stage("features")), cfg, images, device)
 
 
 def _encode(table: ItemTable, trained: ItemFeatures, cfg, image_root, device: str) -> ItemFeatures:

@@ -1,0 +1,282 @@
+"""The paper's Table 2 (overall) and Table 3 (cold start) on one dataset, over seeds: the machinery
+behind bench/beauty_tables.py and bench/toys_tables.py, which only say which rows a dataset has.
+
+Every CEMG-family row is one `cemg run --config <dataset config> --seeds ...` with its overrides:
+data, features and LightGCN once, the tokenizer, generator and evaluation once per seed. A row's
+folder starts as a copy of the stages it shares with the default run (data, features, collab and,
+when the ids are the same, the per-seed tokenizers); the stage hashes decide what is reused.
+Baselines are `cemg baseline NAME --set seed=S`, one folder per seed.
+
+Each row reports mean ± std over its seeds of the test metrics (all users and the cold-start
+targets, <= 5 training interactions); the semantic mode is compared with every other row by a
+paired test across seeds and across users (cemg.evaluation.seeds.compare_seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from cemg.artifacts import atomic_write_text  # noqa: E402
+from cemg.evaluation.protocol import EvalResult  # noqa: E402
+from cemg.evaluation.seeds import compare_seeds  # noqa: E402
+from cemg.run_folder import RunFolder, load_run_config, read_seeds, seed_evaluations  # noqa: E402
+
+log = logging.getLogger("bench.tables")
+DOCS = ROOT / "docs" / "results.md"
+SEEDS = (42, 43, 44)
+KS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A CEMG-family row: `cemg run` of the dataset's config with `overrides`."""
+
+    label: str
+    overrides: tuple[str, ...] = ()
+    shared_stages: tuple[str, ...] = ()  # stages copied from the default run before training
+    shared_tokenizers: bool = False  # the same ids as the default run: per-seed tokenizers copied too
+    seeds: tuple[int, ...] = SEEDS
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """`cemg baseline NAME` once per seed, in runs/<dataset>-NAME/seed-S."""
+
+    label: str
+    seeds: tuple[int, ...] = SEEDS
+
+
+@dataclass(frozen=True)
+class Tables:
+    """What one dataset's tables hold."""
+
+    dataset: str  # run folder prefix and JSON name: runs/<dataset>, bench/results/<dataset>_tables.json
+    config: str
+    n_items: str  # as printed in the docs, e.g. "12,101"
+    docs_section: str
+    rows: dict[str, Row]
+    baselines: dict[str, Baseline]
+    published: dict[str, dict[str, float]] = field(default_factory=dict)  # HR@10 / NDCG@10, same protocol
+    # single-seed rows kept from another bench's JSON: key in its "models" -> label
+    saved_baselines: tuple[Path, dict[str, str]] | None = None
+    notes: tuple[str, ...] = ()  # sentences printed under the tables
+
+    @property
+    def main_run(self) -> Path:
+        return Path("runs") / self.dataset
+
+    @property
+    def results(self) -> Path:
+        return ROOT / "bench" / "results" / f"{self.dataset}_tables.json"
+
+    @property
+    def script(self) -> str:
+        return f"bench/{self.dataset}_tables.py"
+
+    def run_dir(self, row: Row) -> Path:
+        return next((Path(o.split("=", 1)[1]) for o in row.overrides if o.startswith("run_dir=")), self.main_run)
+
+    def command(self, row: Row) -> list[str]:
+        return ["cemg", "run", "--config", self.config, "--seeds", ",".join(map(str, row.seeds)), "--quiet",
+                *sum((["--set", o] for o in row.overrides), [])]
+
+    def baseline_folder(self, name: str, seed: int) -> Path:
+        return Path("runs") / f"{self.dataset}-{name}" / f"seed-{seed}"
+
+
+def copy_shared(target: Path, stages: tuple[str, ...], tokenizers: bool, source: Path) -> None:
+    """Start a row's folder from the stages it shares with the `source` run (hashes are rechecked)."""
+    if target == source:
+        return
+    for stage in stages:
+        if (source / stage / "manifest.json").is_file() and not (target / stage).exists():
+            shutil.copytree(source / stage, target / stage)
+    if tokenizers:
+        for seed_dir in sorted((source / "seeds").glob("*")):
+            origin, dest = seed_dir / "tokenizer", target / "seeds" / seed_dir.name / "tokenizer"
+            if (origin / "manifest.json").is_file() and not dest.exists():
+                shutil.copytree(origin, dest)
+
+
+def _cemg(args: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "cemg", *args], check=True, cwd=ROOT,
+                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def train_row(tables: Tables, name: str) -> None:
+    row = tables.rows[name]
+    copy_shared(tables.run_dir(row), row.shared_stages, row.shared_tokenizers, tables.main_run)
+    cmd = tables.command(row)
+    log.info("%s: %s", name, " ".join(cmd))
+    _cemg(cmd[1:])
+
+
+def train_baseline(tables: Tables, name: str, seed: int) -> None:
+    folder = tables.baseline_folder(name, seed)
+    if not (folder / "baselines" / name / "test.json").is_file():
+        _cemg(["baseline", name, "--config", tables.config, "--quiet", "--set", f"run_dir={folder}",
+               "--set", f"seed={seed}"])
+
+
+def seed_results_of_row(tables: Tables, name: str) -> dict[int, dict[str, EvalResult]] | None:
+    """The finished seeds of a row: those of its seeds.json, else every seed of the row whose folder
+    holds an evaluation (seeds run by separate `cemg run --seeds S` processes)."""
+    row = tables.rows[name]
+    run_dir = ROOT / tables.run_dir(row)
+    if not run_dir.is_dir():
+        return None
+    record = read_seeds(run_dir)
+    if record is not None and set(record["seeds"]) >= set(row.seeds):
+        return {seed: dict(evaluation.results) for seed, evaluation in seed_evaluations(run_dir).items()}
+    config_seed = load_run_config(run_dir).seed
+    out = {}
+    for seed in row.seeds:
+        folder = RunFolder.of_seed(run_dir, seed, config_seed)
+        if folder.has("evaluation"):
+            out[seed] = dict(folder.evaluation().results)
+    return out or None
+
+
+def baseline_seed_results(tables: Tables, name: str) -> dict[int, dict[str, EvalResult]]:
+    out = {}
+    for seed in tables.baselines[name].seeds:
+        folder = ROOT / tables.baseline_folder(name, seed) / "baselines" / name
+        if (folder / "test.json").is_file():
+            out[seed] = {part: EvalResult.load(folder, part) for part in ("valid", "test")}
+    return out
+
+
+def summary(per_seed: dict[int, dict[str, EvalResult]]) -> dict:
+    import numpy as np
+
+    def stats(values: list[float]) -> dict:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "per_seed": values}
+
+    out = {"seeds": sorted(per_seed)}
+    for part in ("valid", "test"):
+        for subset in ("all", "cold_start"):
+            out[f"{part}_{subset}"] = {
+                k: stats([getattr(per_seed[s][part], "metrics" if subset == "all" else "cold_start")[k]
+                          for s in sorted(per_seed)]) for k in KS}
+    first = per_seed[min(per_seed)]["test"]
+    out["n_test_users"], out["n_cold_start_users"] = first.n_users, first.n_cold
+    return out
+
+
+def cell(entry: dict) -> str:
+    return f"{entry['mean']:.4f}" + (f" ± {entry['std']:.4f}" if entry["std"] is not None else "")
+
+
+def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str:
+    lines = [
+        tables.docs_section, "",
+        f"Test split, full catalogue ({tables.n_items} items), items already in the history excluded; each "
+        "model selected by validation NDCG@10. Mean ± standard deviation over the seeds in the `seeds` "
+        f"column, from {', '.join(map(str, SEEDS))} (the tokenizer and generator retrained per seed; data, "
+        "features and LightGCN shared; the seeds each row has are in "
+        f"bench/results/{tables.results.name}). Command: `python {tables.script}`; each row's own command "
+        f"is listed below. Machine: {machine()}, shared with other jobs.", "",
+        "| model | seeds | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|",
+    ]
+    for r in rows.values():
+        lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cell(r["test_all"][k]) for k in KS) + " |")
+    for name, r in single.items():
+        lines.append(f"| {name} | 1 | " + " | ".join(f"{r['test'][k]:.4f}" for k in KS) + " |")
+    for name, m in tables.published.items():
+        lines.append(f"| {name} | | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in KS) + " |")
+    lines += ["", "Cold start (the paper's Table 3): test users whose target has at most 5 training interactions.", "",
+              "| model | cold users | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|"]
+    for r in rows.values():
+        lines.append(f"| {r['label']} | {r['n_cold_start_users']:,} | "
+                     + " | ".join(cell(r["test_cold_start"][k]) for k in KS) + " |")
+    for name, r in single.items():
+        lines.append(f"| {name} | {r['n_cold_start_users']:,} | "
+                     + " | ".join(f"{r['test_cold_start'][k]:.4f}" for k in KS) + " |")
+    if comparisons:
+        lines += ["", "The semantic generator against each other row (`cemg.evaluation.seeds.compare_seeds`: "
+                  "paired t-test across seeds, and across users on per-user values averaged over seeds):", ""]
+        lines += [f"- {key}: {c['verdict']}" for key, c in comparisons.items()]
+    lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
+    lines += [f"- {r['label']}: `{r['command']}`" for r in rows.values()]
+    lines += [f"- {name}: `{r['command']}`" for name, r in single.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(section_title: str, section: str) -> None:
+    text = DOCS.read_text(encoding="utf-8") if DOCS.is_file() else "# Results\n"
+    start = text.find(section_title)
+    if start >= 0:
+        end = text.find("\n## ", start + len(section_title))
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    atomic_write_text(DOCS, text)
+
+
+def main(tables: Tables, doc: str) -> None:
+    choices = [*tables.rows, *tables.baselines]
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", default=choices, choices=choices)
+    parser.add_argument("--no-train", action="store_true", help="only collect finished runs")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.chdir(ROOT)
+    if not args.no_train:
+        for name in args.rows:
+            if name in tables.rows:
+                train_row(tables, name)
+            else:
+                for seed in tables.baselines[name].seeds:
+                    train_baseline(tables, name, seed)
+
+    per_row, rows = {}, {}
+    for name in args.rows:
+        if name in tables.rows:
+            results, row = seed_results_of_row(tables, name), tables.rows[name]
+            label, command = row.label, " ".join(tables.command(row))
+        else:
+            results, label = baseline_seed_results(tables, name) or None, tables.baselines[name].label
+            command = (f"cemg baseline {name} --config {tables.config} --set seed=S "
+                       f"--set run_dir={tables.baseline_folder(name, 0).parent}/seed-S")
+        if results is None:
+            log.warning("%s: no finished seeds", name)
+            continue
+        per_row[name] = results
+        rows[name] = {"label": label, "command": command, **summary(results)}
+    comparisons = {}
+    if "semantic" in per_row:
+        for name in per_row:
+            if name == "semantic":
+                continue
+            for subset in ("all", "cold_start"):
+                for metric in ("HR@10", "NDCG@10"):
+                    c = compare_seeds(per_row["semantic"], per_row[name], metric, "test", subset)
+                    comparisons[f"semantic vs {name}, {metric}{' (cold start)' if subset == 'cold_start' else ''}"] = c.to_dict()
+    single = {}
+    if tables.saved_baselines is not None and tables.saved_baselines[0].is_file():
+        path, labels = tables.saved_baselines
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        for key, label in labels.items():
+            if key in saved.get("models", {}):
+                single[label] = {**saved["models"][key], "command": saved.get("command", f"python bench/{path.stem}.py")}
+    atomic_write_text(tables.results, json.dumps({"machine": machine(), "command": "python " + " ".join(sys.argv),
+                                                  "seeds": list(SEEDS), "published": tables.published, "rows": rows,
+                                                  "comparisons": comparisons}, indent=2, default=str) + "\n")
+    section = markdown(tables, rows, comparisons, single)
+    print(section)
+    if not args.no_docs:
+        write_docs(tables.docs_section, section)

@@ -1,0 +1,51 @@
+"""The paper's Table 2 (overall) and Table 3 (cold start) on Amazon Toys, with real product images.
+
+Run from the repository root (configs/toys.yaml reads ../shared/data/toys):
+
+    python bench/toys_tables.py                   # train what is missing (hours on 2 CPU cores), then the tables
+    python bench/toys_tables.py --no-train        # tables from finished runs only
+    python bench/toys_tables.py --rows semantic no_image sasrec
+
+Rows: CEMG (image + text + collab ids) with the semantic generator (the default) and the hybrid
+generator; CEMG's ids without image, without text, without collab; text-only RQ-VAE ids (a
+TIGER-style tokenizer); SASRec; GRU4Rec and Popularity. Three seeds for the semantic and hybrid
+rows, without image, text-only ids and SASRec, one for the rest. How rows are trained and compared:
+bench/dataset_tables.py. Writes bench/results/toys_tables.json and the "## Toys: overall and cold
+start" section of docs/results.md.
+"""
+
+from __future__ import annotations
+
+from dataset_tables import Baseline, Row, Tables, main
+
+ALL = ("data", "features", "collab")
+ONE = (42,)
+TOYS = Tables(
+    dataset="toys",
+    config="configs/toys.yaml",
+    n_items="11,924",
+    docs_section="## Toys: overall and cold start",
+    rows={
+        "semantic": Row("CEMG (image + text + collab ids), semantic generator (default)"),
+        "hybrid": Row("CEMG ids, hybrid generator (per-item vectors; beyond the paper)",
+                      ("generator.mode=hybrid", "run_dir=runs/toys-hybrid"), ALL + ("tokenizer",), True),
+        "no_image": Row("CEMG without image, semantic generator",
+                        ("tokenizer.use_image=false", "run_dir=runs/toys-no-image"), ALL),
+        "no_text": Row("CEMG without text, semantic generator",
+                       ("tokenizer.use_text=false", "run_dir=runs/toys-no-text"), ALL, seeds=ONE),
+        "no_collab": Row("CEMG without collab (image + text ids), semantic generator",
+                         ("tokenizer.use_collab=false", "run_dir=runs/toys-no-collab"), ALL, seeds=ONE),
+        "text_ids": Row("Text-only RQ-VAE ids (TIGER-style tokenizer), semantic generator",
+                        ("tokenizer.use_collab=false", "tokenizer.use_image=false", "run_dir=runs/toys-text-ids"), ALL),
+    },
+    baselines={
+        "sasrec": Baseline("SASRec, full softmax (ours)"),
+        "gru4rec": Baseline("GRU4Rec (ours)", seeds=ONE),
+        "pop": Baseline("Popularity", seeds=ONE),
+    },
+    # TIGER's paper (Rajput et al. 2023, Table 2), the same protocol.
+    published={"TIGER (published)": {"HR@5": 0.0521, "HR@10": 0.0712, "NDCG@5": 0.0371, "NDCG@10": 0.0432}},
+)
+
+if __name__ == "__main__":
+    main(TOYS, __doc__)
