@@ -1,0 +1,197 @@
+"""Fusion variants (issue 12, point 4): does the paper's collaborative-guided attention beat simpler
+ways of fusing an item's image v, text t and collaborative e_c, over seeds?
+
+Run from the repository root (the configs read ../shared/data):
+
+    python bench/fusion_variants.py --config configs/ml100k.yaml
+    python bench/fusion_variants.py --config configs/toys.yaml
+    python bench/fusion_variants.py --config configs/toys.yaml --no-train      # collect finished runs only
+
+Variants (`tokenizer.fusion`, src/cemg/tokenizer/fusion.py): "attention" (the paper's: q = W_Q e_c),
+"content_attention" (the same attention, q = W_Q [v; t]), "mean" (a_v = a_t = 1/2), "concat"
+([v; t; e_c]). Each is one `cemg run --config C --seeds 42,43,44 --set tokenizer.fusion=V --set
+run_dir=runs/<base>-fusion-V`: the tokenizer, generator and evaluation are retrained per seed,
+everything else is the config's. A variant's folder starts as a copy of the base run's (the
+config's run_dir, or --base) data, features and collab stages, so LightGCN and the encoders run
+once for all four; "attention" is the default, so its folder also takes the base run's tokenizer,
+generator and evaluation stages of every seed. The pipeline rechecks every copied stage's input
+hash and rebuilds the ones whose inputs differ, so a copy is never trusted blindly.
+
+Reports test HR@5/10 and NDCG@5/10 (all users and cold-start targets, <= 5 training interactions)
+as mean ± std over the seeds, and each variant against attention by a paired test across seeds and
+across users (cemg.evaluation.seeds.compare_seeds). Writes bench/results/fusion_variants_<dataset>.json
+with the command and the machine, and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from cemg.artifacts import atomic_write_text  # noqa: E402
+from cemg.config import load_config  # noqa: E402
+from cemg.evaluation.protocol import EvalResult  # noqa: E402
+from cemg.evaluation.seeds import compare_seeds, spread  # noqa: E402
+from cemg.run_folder import RunFolder, load_run_config, read_seeds, seed_evaluations  # noqa: E402
+from cemg.tokenizer.fusion import FUSIONS  # noqa: E402
+
+log = logging.getLogger("bench.fusion_variants")
+KS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+SHARED_STAGES = ("data", "features", "collab")
+SEEDED_STAGES = ("tokenizer", "generator", "evaluation")
+REFERENCE = "attention"
+LABELS = {
+    "attention": "attention (paper: q = W_Q e_c)",
+    "content_attention": "content attention (q = W_Q [v; t])",
+    "mean": "mean (a_v = a_t = 1/2)",
+    "concat": "concat [v; t; e_c]",
+}
+
+
+def variant_dir(work: Path, base: Path, variant: str) -> Path:
+    return work / f"{base.name}-fusion-{variant}"
+
+
+def copy_stages(source: Path, target: Path, variant: str) -> None:
+    """Start a variant's folder from the base run's stages (the pipeline rechecks their hashes)."""
+    stages = [*SHARED_STAGES, *(SEEDED_STAGES if variant == REFERENCE else ())]
+    for stage in stages:
+        if (source / stage / "manifest.json").is_file() and not (target / stage).exists():
+            shutil.copytree(source / stage, target / stage)
+    if variant == REFERENCE:
+        for seed_dir in sorted((source / "seeds").glob("*")):
+            for stage in SEEDED_STAGES:
+                src, dest = seed_dir / stage, target / "seeds" / seed_dir.name / stage
+                if (src / "manifest.json").is_file() and not dest.exists():
+                    shutil.copytree(src, dest)
+
+
+def cemg_command(config: str, seeds: list[int], variant: str, run_dir: Path, extra: list[str]) -> list[str]:
+    overrides = [f"tokenizer.fusion={variant}", f"run_dir={run_dir}", *extra]
+    return ["cemg", "run", "--config", config, "--seeds", ",".join(map(str, seeds)), "--quiet",
+            *sum((["--set", o] for o in overrides), [])]
+
+
+def train(cmd: list[str]) -> None:
+    log.info("%s", " ".join(cmd))
+    subprocess.run([sys.executable, "-m", "cemg", *cmd[1:]], check=True, cwd=ROOT,
+                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def seed_results(run_dir: Path, seeds: list[int]) -> dict[int, dict[str, EvalResult]]:
+    """The finished seeds among `seeds`: from seeds.json when it covers them, else every seed
+    folder that holds an evaluation (an interrupted `cemg run --seeds`)."""
+    if not run_dir.is_dir():
+        return {}
+    record = read_seeds(run_dir)
+    if record is not None and set(record["seeds"]) >= set(seeds):
+        return {s: dict(e.results) for s, e in seed_evaluations(run_dir).items() if s in seeds}
+    config_seed = load_run_config(run_dir).seed
+    out = {}
+    for seed in seeds:
+        folder = RunFolder.of_seed(run_dir, seed, config_seed)
+        if folder.has("evaluation"):
+            out[seed] = dict(folder.evaluation().results)
+    return out
+
+
+def cell(entry: dict) -> str:
+    return f"{entry['mean']:.4f}" + (f" ± {entry['std']:.4f}" if entry["std"] is not None else "")
+
+
+def markdown(dataset: str, rows: dict, comparisons: dict, machine_name: str) -> str:
+    lines = [f"Fusion variants on {dataset}: test split, full catalogue, mean ± std over seeds "
+             "(tokenizer, generator and evaluation retrained per seed; data, features and LightGCN shared). "
+             f"Machine: {machine_name}.", ""]
+    for subset, title in (("all", "all test users"), ("cold_start", "cold-start targets (<= 5 training interactions)")):
+        lines += [f"{title}:", "", "| fusion | seeds | users | " + " | ".join(KS) + " |",
+                  "|---|---|---|" + "---|" * len(KS)]
+        for variant, r in rows.items():
+            test = r["spread"]["test"]
+            users = test["n_users"] if subset == "all" else test["n_cold_start_users"]
+            lines.append(f"| {LABELS[variant]} | {len(r['seeds'])} | {users:,} | "
+                         + " | ".join(cell(test[subset][k]) for k in KS) + " |")
+        lines.append("")
+    if comparisons:
+        lines += [f"Each variant against {REFERENCE} (A = {REFERENCE}; paired across seeds and across users, "
+                  "cemg.evaluation.seeds.compare_seeds):", ""]
+        for key, c in comparisons.items():
+            if "HR@10" in key or "NDCG@10" in key:
+                lines.append(f"- {key}: {c['verdict']}")
+        lines.append("")
+    lines += ["Commands:", *[f"- {LABELS[v]}: `{r['command']}`" for v, r in rows.items()]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="e.g. configs/ml100k.yaml or configs/toys.yaml")
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--variants", nargs="+", default=list(FUSIONS), choices=FUSIONS)
+    parser.add_argument("--base", type=Path, help="run whose shared stages each variant starts from "
+                                                  "(default: the config's run_dir)")
+    parser.add_argument("--work", type=Path, default=Path("runs"), help="where the variants' run folders go")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="more overrides for every variant's `cemg run`")
+    parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/fusion_variants_<dataset>.json)")
+    parser.add_argument("--no-train", action="store_true", help="only collect finished runs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.chdir(ROOT)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = load_config(args.config, args.overrides)
+    base = args.base or Path(cfg.run_dir)
+    out = args.out or ROOT / "bench" / "results" / f"fusion_variants_{cfg.data.name}.json"
+    variants = sorted(args.variants, key=lambda v: v != REFERENCE)  # the reference first
+
+    commands = {v: cemg_command(args.config, seeds, v, variant_dir(args.work, base, v), args.overrides)
+                for v in variants}
+    if not args.no_train:
+        for variant in variants:
+            target = variant_dir(args.work, base, variant)
+            copy_stages(base, target, variant)
+            train(commands[variant])
+
+    per_variant, rows = {}, {}
+    for variant in variants:
+        run_dir = variant_dir(args.work, base, variant)
+        results = seed_results(run_dir, seeds)
+        if not results:
+            log.warning("%s: no finished seed in %s", variant, run_dir)
+            continue
+        if set(results) != set(seeds):
+            log.warning("%s: only seeds %s of %s are finished", variant, sorted(results), seeds)
+        per_variant[variant] = results
+        rows[variant] = {"label": LABELS[variant], "run_dir": str(run_dir), "seeds": sorted(results),
+                         "command": " ".join(commands[variant]), "spread": spread(results)}
+    comparisons = {}
+    if REFERENCE in per_variant:
+        for variant in [v for v in per_variant if v != REFERENCE]:
+            for subset in ("all", "cold_start"):
+                for metric in KS:
+                    c = compare_seeds(per_variant[REFERENCE], per_variant[variant], metric, "test", subset)
+                    key = f"{REFERENCE} vs {variant}, {metric}" + (" (cold start)" if subset == "cold_start" else "")
+                    comparisons[key] = c.to_dict()
+    machine_name = machine()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps({
+        "dataset": cfg.data.name, "config": args.config, "base_run": str(base), "seeds": seeds,
+        "machine": machine_name, "command": "python " + " ".join(sys.argv), "rows": rows,
+        "comparisons": comparisons,
+    }, indent=2, default=str) + "\n")
+    log.info("wrote %s", out)
+    print(markdown(cfg.data.name, rows, comparisons, machine_name))
+
+
+if __name__ == "__main__":
+    main()
