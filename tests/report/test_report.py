@@ -12,7 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cemg.cli import app
+from cemg.api import FusionView
+from cemg.data.dataset import InteractionDataset
+from cemg.data.split import leave_one_out
 from cemg.report import SECTIONS, collect, write_report
+from cemg.report.content import image_weight_extremes, popularity_edges
+from cemg.report.figures import fusion_popularity_figure
 from cemg.report.render import build_sections, to_html, to_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +34,8 @@ def test_report_files_and_sections(report):
     for title in SECTIONS:
         assert f"\n## {title}\n" in md
         assert f'id="{title.lower().replace(" ", "-")}"' in page
-    assert {p.name for p in report.figures} == {"dataset.png", "training.png", "codebooks.png", "fusion.png"}
+    assert {p.name for p in report.figures} == {"dataset.png", "training.png", "codebooks.png", "fusion.png",
+                                                "fusion_popularity.png"}
     for fig in report.figures:
         assert fig.read_bytes().startswith(PNG_MAGIC)
         assert f"](figures/{fig.name})" in md
@@ -110,6 +116,10 @@ def test_a_dataset_without_images_says_so_instead_of_empty_frames(tiny_run, tmp_
     assert "| rank | item | title | score |\n" in to_markdown("t", sections, {})  # no empty image column
     fusion = next(s for s in sections if s.title == "Fusion attention")
     assert fusion.blocks == [fusion.blocks[0]] and "text weight exactly 1" in fusion.blocks[0]
+    for title in ("Fusion weights by popularity", "Items by image weight"):
+        section = next(s for s in sections if s.title == title)
+        assert len(section.blocks) == 1 and "No item has an image" in section.blocks[0]
+    assert fusion_popularity_figure(content) is None
 
 
 def test_long_titles_are_cut_in_cards_but_kept_in_the_tooltip():
@@ -142,3 +152,82 @@ def test_an_old_run_config_with_dropped_and_missing_keys_still_reports(tiny_run,
     assert "old_knob" in caplog.text
     assert "built with other generator settings" not in caplog.text
     assert "| test, all users" in files.markdown.read_text(encoding="utf-8")
+
+
+def test_popularity_buckets_start_at_the_cold_start_threshold():
+    assert popularity_edges(5) == [(0, 5), (6, 10), (11, 20), (21, 50), (51, None)]
+    assert popularity_edges(15) == [(0, 15), (16, 20), (21, 50), (51, None)]
+
+
+def test_image_weight_extremes_skip_single_modality_items_and_break_ties_by_index():
+    image = np.array([0.9, 1.0, 0.2, 0.9, 0.0, 0.5, 0.1])
+    fusion = FusionView(np.stack([image, 1 - image], 1), np.zeros((7, 1)),
+                        has_image=np.array([1, 1, 1, 1, 0, 1, 1], bool), has_text=np.array([1, 0, 1, 1, 1, 1, 1], bool))
+    highest, lowest = image_weight_extremes(fusion, 2)  # item 1 (image only) and 4 (text only) are fixed weights
+    assert highest.tolist() == [0, 3] and lowest.tolist() == [6, 2]
+    highest, lowest = image_weight_extremes(fusion, 6)  # 5 items with both: 2 each, no item in both lists
+    assert highest.tolist() == [0, 3] and lowest.tolist() == [6, 2]
+
+
+def _section_md(md: str, title: str) -> str:
+    return md.split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
+def test_fusion_weights_by_popularity_and_extreme_items(tiny_run, report):
+    md = report.markdown.read_text(encoding="utf-8")
+    page = report.html.read_text(encoding="utf-8")
+    content = collect(tiny_run, n_examples=0)
+    fusion, counts = content.fusion, content.train_item_counts
+    dataset = InteractionDataset.load(tiny_run / "data")
+    assert counts.tolist() == leave_one_out(dataset, content.config.data.max_history).train_item_counts().tolist()
+    both = fusion.has_image & fusion.has_text
+    assert both.sum() >= 12  # the demo items have images and titles: enough for 6 + 6 extremes
+
+    section = _section_md(md, "Fusion weights by popularity")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in section.splitlines() if line.startswith("| ") and "training interactions" not in line}
+    expected = {"0-5 (cold start)": (0, 5), "6-10": (6, 10), "11-20": (11, 20), "21-50": (21, 50), ">50": (51, 10**9)}
+    assert list(rows) == list(expected)
+    for label, (lo, hi) in expected.items():
+        inside = (counts >= lo) & (counts <= hi)
+        assert rows[label][:2] == [str(int(inside.sum())), str(int((inside & both).sum()))]
+        if (inside & both).any():
+            assert rows[label][2] == f"{np.median(fusion.alphas[inside & both, 0]):.3f}"
+    assert sum(int(r[0]) for r in rows.values()) == dataset.n_items
+    assert "figures/fusion_popularity.png" in section and "Spearman" in section
+
+    weights = np.where(both, fusion.alphas[:, 0], np.nan)
+    highest = [i.item for i in content.highest_image_weight]
+    lowest = [i.item for i in content.lowest_image_weight]
+    assert len(highest) == len(lowest) == 6
+    assert highest[0] == np.nanargmax(weights) and lowest[0] == np.nanargmin(weights)
+    assert set(highest) == set(np.argsort(-np.nan_to_num(weights, nan=-1))[:6])
+    assert set(lowest) == set(np.argsort(np.nan_to_num(weights, nan=2))[:6])
+    extremes = _section_md(md, "Items by image weight")
+    keys = dataset.items.keys
+    for item in content.highest_image_weight + content.lowest_image_weight:
+        assert item.image is not None  # the demo has pictures
+        assert f"| `{keys[item.item]}` | {item.title} | {item.image_weight:.3f} | {counts[item.item]:,} |" in extremes
+    assert extremes.index(f"`{keys[highest[0]]}`") < extremes.index(f"`{keys[lowest[0]]}`")
+    html_extremes = page.split('id="items-by-image-weight"')[1].split("</section>")[0]
+    assert html_extremes.count("data:image/png;base64,") == 12
+    assert (report.html.parent / "images" / f"item-{highest[0]}.png").is_file()
+
+
+def test_fusion_breakdowns_say_why_when_there_are_no_learned_weights(tiny_run, tmp_path):
+    run = tmp_path / "no-fusion-view"
+    shutil.copytree(tiny_run, run)
+    (run / "tokenizer" / "model.pt").unlink()  # the fusion weights can no longer be rebuilt
+    files = write_report(run, tmp_path / "r", n_examples=0)
+    md = files.markdown.read_text(encoding="utf-8")
+    for title in ("Fusion weights by popularity", "Items by image weight"):
+        assert "The fusion weights cannot be rebuilt" in _section_md(md, title)
+    assert "fusion_popularity.png" not in {p.name for p in files.figures}
+
+    content = collect(tiny_run, n_examples=0)
+    content.tokenizer_report = {**content.tokenizer_report,
+                                "inputs": {**content.tokenizer_report["inputs"], "fusion": "mean"}}
+    sections = {s.title: s for s in build_sections(content)}
+    for title in ("Fusion weights by popularity", "Items by image weight"):
+        assert len(sections[title].blocks) == 1 and "fixed by construction" in sections[title].blocks[0]
+    assert fusion_popularity_figure(content) is None

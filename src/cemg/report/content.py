@@ -37,6 +37,8 @@ class ExampleItem:
     image: bytes | None = None  # thumbnail PNG, when the dataset has an image for the item
     score: float | None = None
     is_target: bool = False
+    image_weight: float | None = None  # the fusion layer's alpha_v (items listed by image weight)
+    train_interactions: int | None = None
 
 
 @dataclass
@@ -70,10 +72,67 @@ class RunContent:
     seeds: dict[str, Any] | None = None
     # The seed whose tokenizer, generator and evaluation the report shows (the other sections are shared).
     seed_shown: int | None = None
+    train_item_counts: np.ndarray | None = None  # training interactions per item (leave-one-out train split)
+    # Items with both modalities and the highest / the lowest learned image weight, highest (lowest) first;
+    # empty when the weights are not learned or cannot be rebuilt (fusion_weights_note says why).
+    highest_image_weight: list[ExampleItem] = field(default_factory=list)
+    lowest_image_weight: list[ExampleItem] = field(default_factory=list)
+
+    @property
+    def fusion_kind(self) -> str:
+        return ((self.tokenizer_report or {}).get("inputs") or {}).get("fusion", "attention")
 
     @property
     def paper(self) -> dict[str, float] | None:
         return PAPER_RESULTS.get(self.config.data.name.lower())
+
+
+# Learned fusion weights (tokenizer.fusion); "mean" and "concat" fix them by construction.
+LEARNED_FUSIONS = ("attention", "content_attention")
+
+
+@dataclass
+class PopularityBucket:
+    """Items whose training-interaction count lies in [low, high] (high None: no upper end)."""
+
+    low: int
+    high: int | None
+    items: int  # every item in the bucket
+    weights: np.ndarray  # image weights of its items with both modalities
+
+    @property
+    def label(self) -> str:
+        return f">{self.low - 1}" if self.high is None else f"{self.low}-{self.high}"
+
+
+def popularity_edges(cold_start_max: int) -> list[tuple[int, int | None]]:
+    """Fixed buckets of training interactions: the first ends at the cold-start threshold (the paper's
+    Table 3: at most 5), then 6-10, 11-20, 21-50, >50. Fixed edges rather than quantiles so that a bucket
+    means the same count in every run and dataset, and the first one is exactly the cold-start subset the
+    results score; quantile edges would move with each catalogue and cut through that threshold."""
+    uppers = [cold_start_max] + [b for b in (10, 20, 50) if b > cold_start_max]
+    lows = [0] + [u + 1 for u in uppers]
+    return [(lo, hi) for lo, hi in zip(lows, uppers)] + [(lows[-1], None)]
+
+
+def fusion_by_popularity(fusion: FusionView, train_counts: np.ndarray, cold_start_max: int) -> list[PopularityBucket]:
+    both = fusion.has_image & fusion.has_text
+    out = []
+    for lo, hi in popularity_edges(cold_start_max):
+        inside = (train_counts >= lo) & (train_counts <= (hi if hi is not None else np.inf))
+        out.append(PopularityBucket(lo, hi, int(inside.sum()), fusion.alphas[inside & both, 0]))
+    return out
+
+
+def image_weight_extremes(fusion: FusionView, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items with both modalities and the n highest (highest first) and n lowest (lowest first) image
+    weights; ties go to the lower item index. Fewer than 2n such items: each list gets half, no overlap."""
+    both = np.flatnonzero(fusion.has_image & fusion.has_text)
+    n = min(n, len(both) // 2)
+    weights = fusion.alphas[both, 0]
+    highest = both[np.lexsort((both, -weights))[:n]]
+    lowest = both[np.lexsort((both, weights))[:n]]
+    return highest, lowest
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -184,8 +243,20 @@ def _examples(rec: Recommender, image_root: Path | None, n_users: int, k: int, h
     return out
 
 
+def _weight_extremes(c: RunContent, n: int) -> tuple[list[ExampleItem], list[ExampleItem]]:
+    highest, lowest = image_weight_extremes(c.fusion, n)
+    images = thumbnails(c.dataset, [*highest, *lowest], c.image_root)
+    table = c.dataset.items
+
+    def make(i: int) -> ExampleItem:
+        return ExampleItem(i, table.keys[i], table.title(i), images.get(i), image_weight=float(c.fusion.alphas[i, 0]),
+                           train_interactions=int(c.train_item_counts[i]))
+
+    return [make(int(i)) for i in highest], [make(int(i)) for i in lowest]
+
+
 def collect(run_dir: Path | str, n_examples: int = 3, k: int = 5, history_shown: int = 4,
-            device: str = "cpu") -> RunContent:
+            device: str = "cpu", n_extremes: int = 6) -> RunContent:
     """Everything the report shows, from the artifacts present in `run_dir`."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -220,6 +291,11 @@ def collect(run_dir: Path | str, n_examples: int = 3, k: int = 5, history_shown:
         content.tokenizer_report = _json(folder.stage("tokenizer") / "report.json")
         content.codes = SemanticIds.load(folder.stage("tokenizer") / "semantic_ids").codes
         content.fusion = compute_fusion_view(folder)
+    if content.dataset is not None:
+        content.train_item_counts = leave_one_out(content.dataset, cfg.data.max_history).train_item_counts()
+    if (content.fusion is not None and content.dataset is not None and content.fusion_kind in LEARNED_FUSIONS
+            and len(content.fusion.alphas) == content.dataset.n_items):
+        content.highest_image_weight, content.lowest_image_weight = _weight_extremes(content, n_extremes)
     if stages["generator"]:
         content.generator_info = _generator_info(folder.stage("generator"))
     if stages["evaluation"]:

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # before pyplot: a report is written on servers without a
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cemg.report.content import RunContent  # noqa: E402
+from cemg.report.content import LEARNED_FUSIONS, RunContent, fusion_by_popularity  # noqa: E402
 
 BLUE, ORANGE, GREEN, GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"
 
@@ -122,11 +122,40 @@ def fusion_figure(content: RunContent) -> bytes | None:
     return _png(fig)
 
 
+def fusion_popularity_figure(content: RunContent) -> bytes | None:
+    """Image weight by training-interaction bucket, items with both modalities: boxes are the quartiles,
+    the line the median, whiskers the 5th and 95th percentiles (no outlier dots: Beauty has thousands of
+    items per bucket). Only for learned weights; "mean" and "concat" fix them at 1/2."""
+    fusion, counts = content.fusion, content.train_item_counts
+    if fusion is None or counts is None or content.fusion_kind not in LEARNED_FUSIONS:
+        return None
+    if len(counts) != len(fusion.alphas):
+        return None
+    if not (fusion.has_image & fusion.has_text).any():
+        return None
+    buckets = fusion_by_popularity(fusion, counts, content.config.evaluation.cold_start_max_train)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    filled = [(pos, b) for pos, b in enumerate(buckets, 1) if len(b.weights)]
+    ax.boxplot([b.weights for _, b in filled], positions=[pos for pos, _ in filled], widths=0.55, whis=(5, 95),
+               showfliers=False, patch_artist=True, boxprops={"facecolor": "#c6dbef", "edgecolor": BLUE},
+               medianprops={"color": ORANGE, "linewidth": 2}, whiskerprops={"color": BLUE},
+               capprops={"color": BLUE})
+    ax.axhline(0.5, color=GREY, linestyle=":", linewidth=1)
+    ax.set_xticks(range(1, len(buckets) + 1),
+                  [f"{b.label}\n{len(b.weights):,} items" for b in buckets])
+    ax.set(xlim=(0.4, len(buckets) + 0.6), ylim=(0, 1), ylabel="image weight α_v",
+           xlabel="training interactions per item", title="image weight by item popularity (items with image and text)")
+    ax.get_xticklabels()[0].set_fontweight("bold")  # the cold-start bucket
+    fig.tight_layout()
+    return _png(fig)
+
+
 def all_figures(content: RunContent) -> dict[str, bytes]:
     made = {
         "dataset": dataset_figure(content),
         "training": training_figure(content),
         "codebooks": codebook_figure(content),
         "fusion": fusion_figure(content),
+        "fusion_popularity": fusion_popularity_figure(content),
     }
     return {name: png for name, png in made.items() if png is not None}

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from cemg.artifacts import atomic_dir
-from cemg.report.content import Example, ExampleItem, RunContent
+from cemg.report.content import LEARNED_FUSIONS, Example, ExampleItem, RunContent, fusion_by_popularity
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("Overview", "Dataset", "Training curves", "Codebook utilisation", "Fusion attention", "Results",
-            "Example recommendations")
+SECTIONS = ("Overview", "Dataset", "Training curves", "Codebook utilisation", "Fusion attention",
+            "Fusion weights by popularity", "Items by image weight", "Results", "Example recommendations")
 
 
 @dataclass
@@ -39,7 +39,13 @@ class Examples:
     examples: list[Example]
 
 
-Block = str | Table | Figure | Examples
+@dataclass
+class ItemCards:
+    label: str
+    items: list[ExampleItem]  # each with its image weight and training interactions
+
+
+Block = str | Table | Figure | Examples | ItemCards
 
 
 @dataclass
@@ -212,6 +218,84 @@ def _fusion(c: RunContent) -> Section:
     return Section("Fusion attention", blocks)
 
 
+def _learned_weights_note(c: RunContent) -> str | None:
+    """Why the image weights cannot be broken down by item (None when they can)."""
+    f = c.fusion
+    if f is None and c.tokenizer_report and "source" in c.tokenizer_report:
+        return (f"No fusion layer: the semantic ids were read from {c.tokenizer_report['source']['ids_file']} "
+                "(tokenizer.ids_file).")
+    if f is None:
+        return ("The fusion weights cannot be rebuilt: the run lacks the tokenizer model, the features or the "
+                "collaborative embeddings.")
+    if c.fusion_kind not in LEARNED_FUSIONS:
+        return (f"Not shown: with tokenizer.fusion: {c.fusion_kind} the image weight is fixed by construction, not "
+                "learned (1/2 for every item with image and text, whatever its popularity).")
+    if c.train_item_counts is None:
+        return "The data stage is missing, so items' training interactions are unknown."
+    if len(c.train_item_counts) != len(f.alphas):
+        return (f"The fusion view covers {len(f.alphas):,} items and the data stage {len(c.train_item_counts):,}: "
+                "they do not belong to the same run.")
+    if not f.has_image.any():
+        return ("No item has an image, so every item's image weight is 0 (text weight 1) by construction: there is "
+                "no learned weight to break down by item.")
+    if not (f.has_image & f.has_text).any():
+        return "No item has both an image and text, so every weight is 0 or 1 by construction."
+    return None
+
+
+def _fusion_popularity(c: RunContent) -> Section:
+    title = "Fusion weights by popularity"
+    note = _learned_weights_note(c)
+    if note:
+        return Section(title, [note])
+    f, cold = c.fusion, c.config.evaluation.cold_start_max_train
+    buckets = fusion_by_popularity(f, c.train_item_counts, cold)
+    rows = []
+    for b in buckets:
+        if len(b.weights):
+            q25, q50, q75 = (float(x) for x in np.percentile(b.weights, [25, 50, 75]))
+            stats = [_f(q50, 3), f"{q25:.3f} - {q75:.3f}"]
+        else:
+            stats = ["-", "-"]
+        rows.append([b.label + (" (cold start)" if b.low == 0 else ""), f"{b.items:,}", f"{len(b.weights):,}", *stats])
+    blocks: list[Block] = [
+        f"Items by their training interactions (the leave-one-out training split, as the cold-start results count "
+        f"them) and, for those with image and text, their image weight α_v. The first bucket is the cold-start "
+        f"subset (at most {cold}); the edges are fixed rather than quantiles so that a bucket means the same "
+        "count in every run and dataset. Items with one modality are left out: their weight is 0 or 1 by "
+        "construction.",
+        Table(["training interactions", "items", "with image and text", "median image weight",
+               "interquartile range"], rows),
+    ]
+    both = f.has_image & f.has_text
+    weights, counts = f.alphas[both, 0], c.train_item_counts[both]
+    if len(weights) > 2 and np.ptp(weights) > 0 and np.ptp(counts) > 0:
+        from scipy import stats
+
+        rho, p = stats.spearmanr(counts, weights)
+        blocks.append(f"Spearman rank correlation between training interactions and image weight over the "
+                      f"{len(weights):,} items: {rho:+.3f} (p = {p:.2g}; positive: popular items lean on the image).")
+    blocks.append(Figure("fusion_popularity", "Image weight per popularity bucket: box from the 25th to the 75th "
+                                              "percentile, line at the median, whiskers at the 5th and 95th "
+                                              "percentiles; the dotted line is an even split."))
+    return Section(title, blocks)
+
+
+def _weight_extremes(c: RunContent) -> Section:
+    title = "Items by image weight"
+    note = _learned_weights_note(c)
+    if note:
+        return Section(title, [note])
+    n = len(c.highest_image_weight)
+    blocks: list[Block] = [
+        f"The {n} items (of those with image and text) whose fusion weight leans most on the image, and the {n} "
+        "that lean most on the text (α_t = 1 − α_v), with their training interactions."]
+    if c.image_note:
+        blocks.append(c.image_note)
+    return Section(title, [*blocks, ItemCards("highest image weight", c.highest_image_weight),
+                           ItemCards("lowest image weight (most text)", c.lowest_image_weight)])
+
+
 def _results(c: RunContent) -> Section:
     if not c.evaluation:
         return Section("Results", ["The evaluation stage is missing."])
@@ -283,7 +367,8 @@ def _examples(c: RunContent) -> Section:
 
 
 def build_sections(c: RunContent) -> list[Section]:
-    return [_overview(c), _dataset(c), _training(c), _codebooks(c), _fusion(c), _results(c), _examples(c)]
+    return [_overview(c), _dataset(c), _training(c), _codebooks(c), _fusion(c), _fusion_popularity(c),
+            _weight_extremes(c), _results(c), _examples(c)]
 
 
 # --- markdown -------------------------------------------------------------------------------------
@@ -312,6 +397,17 @@ def to_markdown(title: str, sections: list[Section], figures: dict[str, bytes]) 
             elif isinstance(block, Figure):
                 if block.name in figures:
                     out += [f"![{block.caption}](figures/{block.name}.png)", "", f"*{block.caption}*", ""]
+            elif isinstance(block, ItemCards):
+                pictures = any(i.image for i in block.items)
+                out += [f"**{block.label}**", ""]
+                out.append("| rank | item | title | image weight | training interactions |"
+                           + (" image |" if pictures else ""))
+                out.append("|---|---|---|---|---|" + ("---|" if pictures else ""))
+                for rank, item in enumerate(block.items, 1):
+                    out.append(f"| {rank} | `{_md_cell(item.key)}` | {_md_cell(item.title)} | "
+                               f"{item.image_weight:.3f} | {item.train_interactions:,} |"
+                               + (f" {_md_thumb(item)} |" if pictures else ""))
+                out.append("")
             elif isinstance(block, Examples):
                 pictures = any(i.image for ex in block.examples for i in [*ex.history, ex.target, *ex.recommended])
                 for ex in block.examples:
@@ -391,6 +487,9 @@ def _html_card(item: ExampleItem, rank: int | None = None, pictures: bool = True
         img = '<div class="noimg">no image</div>'
     head = f"{rank}. " if rank is not None else ""
     score = f'<br><span class="score">log-prob {item.score:.2f}</span>' if item.score is not None else ""
+    if item.image_weight is not None:
+        score += (f'<br><span class="score">image weight <b>{item.image_weight:.3f}</b><br>'
+                  f"{item.train_interactions:,} training interactions</span>")
     cls = "card" + ("" if pictures else " text") + (" target" if item.is_target else "")
     return (f'<div class="{cls}" title="{e(item.title)}">{img}{head}{e(_short(item.title))} '
             f"<code>{e(item.key)}</code>{score}</div>")
@@ -421,6 +520,11 @@ def to_html(title: str, sections: list[Section], figures: dict[str, bytes]) -> s
                 if block.name in figures:
                     out.append(f'<figure><img src="{_data_uri(figures[block.name])}" alt="{e(block.caption)}">'
                                f"<figcaption>{e(block.caption)}</figcaption></figure>")
+            elif isinstance(block, ItemCards):
+                pictures = any(i.image for i in block.items)
+                out.append(f'<div class="label">{e(block.label)}</div>')
+                out.append('<div class="strip">' + "".join(_html_card(i, r, pictures) for r, i in
+                                                           enumerate(block.items, 1)) + "</div>")
             elif isinstance(block, Examples):
                 pictures = any(i.image for ex in block.examples for i in [*ex.history, ex.target, *ex.recommended])
                 for ex in block.examples:
@@ -453,7 +557,9 @@ def write_files(content: RunContent, figures: dict[str, bytes], out_dir: Path) -
     name, data = content.run_dir.name, content.config.data.name
     title = f"cemg run report: {name}" + ("" if data == name else f" ({data})")
     sections = build_sections(content)
-    thumbs = {i.item: i.image for ex in content.examples for i in [*ex.history, ex.target, *ex.recommended] if i.image}
+    shown = [i for ex in content.examples for i in [*ex.history, ex.target, *ex.recommended]]
+    shown += [*content.highest_image_weight, *content.lowest_image_weight]
+    thumbs = {i.item: i.image for i in shown if i.image}
     with atomic_dir(out_dir) as tmp:
         (tmp / "figures").mkdir()
         for fig, png in figures.items():
