@@ -93,7 +93,8 @@ class Explanation:
     # True when the last level only tells apart items whose learned codes collide (TIGER's fix).
     disambiguation_level: bool
     # Collaborative-guided fusion weights (paper 4.2.2.3) {"image": a_v, "text": a_t}; None when the
-    # run lacks the tokenizer model or its inputs. A missing modality has weight exactly 0.
+    # run lacks the tokenizer model or its inputs. A missing modality has weight exactly 0. With
+    # tokenizer.fusion "mean" or "concat" they are the fixed equal split (1/2 each, 1 for an only modality).
     fusion_weights: dict[str, float] | None
     neighbours: list[Neighbour]
 
