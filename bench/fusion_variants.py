@@ -157,6 +157,10 @@ def main() -> None:
     commands = {v: cemg_command(args.config, seeds, v, variant_dir(args.work, base, v), args.overrides)
                 for v in variants}
     if not args.no_train:
+        missing = [s for s in SHARED_STAGES if not (base / s / "manifest.json").is_file()]
+        if missing:
+            log.warning("%s lacks the finished stages %s: every variant will build them itself (run the base "
+                        "config to its collab stage first to share them)", base, ", ".join(missing))
         for variant in variants:
             target = variant_dir(args.work, base, variant)
             copy_stages(base, target, variant)
