@@ -142,7 +142,7 @@ def fusion_popularity_figure(content: RunContent) -> bytes | None:
                capprops={"color": BLUE})
     ax.axhline(0.5, color=GREY, linestyle=":", linewidth=1)
     ax.set_xticks(range(1, len(buckets) + 1),
-                  [f"{b.label}\n{len(b.weights):,} items" for b in buckets])
+                  [f"{b.label}{' (cold start)' if b.low == 0 else ''}\n{len(b.weights):,} items" for b in buckets])
     ax.set(xlim=(0.4, len(buckets) + 0.6), ylim=(0, 1), ylabel="image weight α_v",
            xlabel="training interactions per item", title="image weight by item popularity (items with image and text)")
     ax.get_xticklabels()[0].set_fontweight("bold")  # the cold-start bucket

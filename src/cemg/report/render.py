@@ -449,6 +449,8 @@ figcaption { font-size: 0.88em; color: #555; margin-top: 4px; }
 .card .noimg { width: 120px; height: 60px; background: #f0f0f0; color: #999; display: flex;
                align-items: center; justify-content: center; margin-bottom: 3px; }
 .card.text { width: 176px; }
+.card.weighted { width: 160px; }
+.card.weighted .score { white-space: nowrap; }
 .card.target { outline: 3px solid #2ca02c; outline-offset: 2px; }
 .arrow { font-size: 2em; color: #888; align-self: center; padding: 0 4px; }
 .label { font-size: 0.82em; color: #555; font-weight: bold; margin: 6px 0 4px; }
@@ -490,7 +492,8 @@ def _html_card(item: ExampleItem, rank: int | None = None, pictures: bool = True
     if item.image_weight is not None:
         score += (f'<br><span class="score">image weight <b>{item.image_weight:.3f}</b><br>'
                   f"{item.train_interactions:,} training interactions</span>")
-    cls = "card" + ("" if pictures else " text") + (" target" if item.is_target else "")
+    cls = ("card" + ("" if pictures else " text") + (" target" if item.is_target else "")
+           + (" weighted" if item.image_weight is not None else ""))
     return (f'<div class="{cls}" title="{e(item.title)}">{img}{head}{e(_short(item.title))} '
             f"<code>{e(item.key)}</code>{score}</div>")
 
