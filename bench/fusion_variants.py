@@ -15,7 +15,8 @@ everything else is the config's. A variant's folder starts as a copy of the base
 config's run_dir, or --base) data, features and collab stages, so LightGCN and the encoders run
 once for all four; "attention" is the default, so its folder also takes the base run's tokenizer,
 generator and evaluation stages of every seed. The pipeline rechecks every copied stage's input
-hash and rebuilds the ones whose inputs differ, so a copy is never trusted blindly.
+hash and rebuilds the ones whose inputs differ, so a copy is never trusted blindly. Without a
+finished base run, the first variant builds the shared stages and the others copy them from it.
 
 Reports test HR@5/10 and NDCG@5/10 (all users and cold-start targets, <= 5 training interactions)
 as mean ± std over the seeds, and each variant against attention by a paired test across seeds and
@@ -157,13 +158,15 @@ def main() -> None:
     commands = {v: cemg_command(args.config, seeds, v, variant_dir(args.work, base, v), args.overrides)
                 for v in variants}
     if not args.no_train:
+        source = base
         missing = [s for s in SHARED_STAGES if not (base / s / "manifest.json").is_file()]
         if missing:
-            log.warning("%s lacks the finished stages %s: every variant will build them itself (run the base "
-                        "config to its collab stage first to share them)", base, ", ".join(missing))
+            source = variant_dir(args.work, base, variants[0])
+            log.warning("%s lacks the finished stages %s: the first variant builds them, the others copy them "
+                        "from %s", base, ", ".join(missing), source)
         for variant in variants:
             target = variant_dir(args.work, base, variant)
-            copy_stages(base, target, variant)
+            copy_stages(source if target != source else base, target, variant)
             train(commands[variant])
 
     per_variant, rows = {}, {}
