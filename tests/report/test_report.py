@@ -118,7 +118,7 @@ def test_a_dataset_without_images_says_so_instead_of_empty_frames(tiny_run, tmp_
     assert fusion.blocks == [fusion.blocks[0]] and "text weight exactly 1" in fusion.blocks[0]
     for title in ("Fusion weights by popularity", "Items by image weight"):
         section = next(s for s in sections if s.title == title)
-        assert len(section.blocks) == 1 and "No item has an image" in section.blocks[0]
+        assert len(section.blocks) == 1 and "no item has an image" in section.blocks[0]
     assert fusion_popularity_figure(content) is None
 
 
@@ -221,7 +221,7 @@ def test_fusion_breakdowns_say_why_when_there_are_no_learned_weights(tiny_run, t
     files = write_report(run, tmp_path / "r", n_examples=0)
     md = files.markdown.read_text(encoding="utf-8")
     for title in ("Fusion weights by popularity", "Items by image weight"):
-        assert "The fusion weights cannot be rebuilt" in _section_md(md, title)
+        assert "Not shown: the fusion weights cannot be rebuilt" in _section_md(md, title)
     assert "fusion_popularity.png" not in {p.name for p in files.figures}
 
     content = collect(tiny_run, n_examples=0)

@@ -219,28 +219,29 @@ def _fusion(c: RunContent) -> Section:
 
 
 def _learned_weights_note(c: RunContent) -> str | None:
-    """Why the image weights cannot be broken down by item (None when they can)."""
+    """Why the image weights cannot be broken down by item (None when they can); the same reasons as the
+    Fusion attention section's, said once more so that each section stands on its own."""
     f = c.fusion
     if f is None and c.tokenizer_report and "source" in c.tokenizer_report:
-        return (f"No fusion layer: the semantic ids were read from {c.tokenizer_report['source']['ids_file']} "
-                "(tokenizer.ids_file).")
-    if f is None:
-        return ("The fusion weights cannot be rebuilt: the run lacks the tokenizer model, the features or the "
-                "collaborative embeddings.")
-    if c.fusion_kind not in LEARNED_FUSIONS:
-        return (f"Not shown: with tokenizer.fusion: {c.fusion_kind} the image weight is fixed by construction, not "
-                "learned (1/2 for every item with image and text, whatever its popularity).")
-    if c.train_item_counts is None:
-        return "The data stage is missing, so items' training interactions are unknown."
-    if len(c.train_item_counts) != len(f.alphas):
-        return (f"The fusion view covers {len(f.alphas):,} items and the data stage {len(c.train_item_counts):,}: "
-                "they do not belong to the same run.")
-    if not f.has_image.any():
-        return ("No item has an image, so every item's image weight is 0 (text weight 1) by construction: there is "
-                "no learned weight to break down by item.")
-    if not (f.has_image & f.has_text).any():
-        return "No item has both an image and text, so every weight is 0 or 1 by construction."
-    return None
+        reason = f"no fusion layer (the semantic ids were read from {c.tokenizer_report['source']['ids_file']})"
+    elif f is None:
+        reason = ("the fusion weights cannot be rebuilt (the run lacks the tokenizer model, the features or the "
+                  "collaborative embeddings)")
+    elif c.fusion_kind not in LEARNED_FUSIONS:
+        reason = (f"with tokenizer.fusion: {c.fusion_kind} the image weight is fixed by construction, not learned "
+                  "(1/2 for every item with image and text, whatever its popularity)")
+    elif c.train_item_counts is None:
+        reason = "the data stage is missing, so items' training interactions are unknown"
+    elif len(c.train_item_counts) != len(f.alphas):
+        reason = (f"the fusion view covers {len(f.alphas):,} items and the data stage {len(c.train_item_counts):,}, "
+                  "so they do not belong to the same run")
+    elif not f.has_image.any():
+        reason = "no item has an image, so every item's image weight is 0 (text weight 1) by construction"
+    elif not (f.has_image & f.has_text).any():
+        reason = "no item has both an image and text, so every weight is 0 or 1 by construction"
+    else:
+        return None
+    return f"Not shown: {reason}."
 
 
 def _fusion_popularity(c: RunContent) -> Section:
