@@ -42,8 +42,11 @@ def test_each_fusion_variant_retrains_the_tokenizer_and_its_run_reports_and_adds
         assert np.allclose(view.alphas[some].sum(1), 1.0)
         if kind in ("mean", "concat"):
             assert (view.alphas[view.has_image & view.has_text] == 0.5).all()
-        fusion = next(s for s in build_sections(collect(run, n_examples=1, k=3)) if s.title == "Fusion attention")
-        assert (f"tokenizer.fusion: {kind}" in fusion.blocks[0]) == (kind != "attention")
+        sections = {s.title: s for s in build_sections(collect(run, n_examples=1, k=3))}
+        assert (f"tokenizer.fusion: {kind}" in sections["Fusion attention"].blocks[0]) == (kind != "attention")
+        # learned weights are broken down by popularity; the fixed 1/2 of "mean" and "concat" are not
+        by_popularity = sections["Fusion weights by popularity"].blocks
+        assert ("fixed by construction" in by_popularity[0]) == (kind in ("mean", "concat"))
 
         # both collaborative stand-ins: "zeros" where the query does not read e_c anyway
         summary = add_items(run, items, collab="zeros" if kind == "content_attention" else "content")
