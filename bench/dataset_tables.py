@@ -96,8 +96,10 @@ class Tables:
         return Path("runs") / f"{self.dataset}-{name}" / f"seed-{seed}"
 
 
-def copy_shared(target: Path, stages: tuple[str, ...], tokenizers: bool, source: Path) -> None:
-    """Start a row's folder from the stages it shares with the `source` run (hashes are rechecked)."""
+def copy_shared(target: Path, stages: tuple[str, ...], tokenizers: bool, source: Path,
+                seeded: tuple[str, ...] = ("tokenizer",)) -> None:
+    """Start a row's folder from the stages it shares with the `source` run (hashes are rechecked):
+    `stages` at the top level and, with `tokenizers`, the `seeded` stages of every seed."""
     if target == source:
         return
     for stage in stages:
@@ -105,9 +107,10 @@ def copy_shared(target: Path, stages: tuple[str, ...], tokenizers: bool, source:
             shutil.copytree(source / stage, target / stage)
     if tokenizers:
         for seed_dir in sorted((source / "seeds").glob("*")):
-            origin, dest = seed_dir / "tokenizer", target / "seeds" / seed_dir.name / "tokenizer"
-            if (origin / "manifest.json").is_file() and not dest.exists():
-                shutil.copytree(origin, dest)
+            for stage in seeded:
+                origin, dest = seed_dir / stage, target / "seeds" / seed_dir.name / stage
+                if (origin / "manifest.json").is_file() and not dest.exists():
+                    shutil.copytree(origin, dest)
 
 
 def _cemg(args: list[str]) -> None:
@@ -130,23 +133,26 @@ def train_baseline(tables: Tables, name: str, seed: int) -> None:
                "--set", f"seed={seed}"])
 
 
-def seed_results_of_row(tables: Tables, name: str) -> dict[int, dict[str, EvalResult]] | None:
-    """The finished seeds of a row: those of its seeds.json, else every seed of the row whose folder
-    holds an evaluation (seeds run by separate `cemg run --seeds S` processes)."""
-    row = tables.rows[name]
-    run_dir = ROOT / tables.run_dir(row)
+def seed_results(run_dir: Path, seeds: tuple[int, ...] | list[int]) -> dict[int, dict[str, EvalResult]]:
+    """The finished seeds among `seeds`: from seeds.json when it covers them, else every seed folder
+    that holds an evaluation (seeds run by separate `cemg run --seeds S` processes, or interrupted)."""
     if not run_dir.is_dir():
-        return None
+        return {}
     record = read_seeds(run_dir)
-    if record is not None and set(record["seeds"]) >= set(row.seeds):
-        return {seed: dict(evaluation.results) for seed, evaluation in seed_evaluations(run_dir).items()}
+    if record is not None and set(record["seeds"]) >= set(seeds):
+        return {s: dict(e.results) for s, e in seed_evaluations(run_dir).items() if s in seeds}
     config_seed = load_run_config(run_dir).seed
     out = {}
-    for seed in row.seeds:
+    for seed in seeds:
         folder = RunFolder.of_seed(run_dir, seed, config_seed)
         if folder.has("evaluation"):
             out[seed] = dict(folder.evaluation().results)
-    return out or None
+    return out
+
+
+def seed_results_of_row(tables: Tables, name: str) -> dict[int, dict[str, EvalResult]] | None:
+    row = tables.rows[name]
+    return seed_results(ROOT / tables.run_dir(row), row.seeds) or None
 
 
 def baseline_seed_results(tables: Tables, name: str) -> dict[int, dict[str, EvalResult]]:

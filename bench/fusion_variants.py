@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,17 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from dataset_tables import cell, copy_shared, seed_results  # noqa: E402
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.config import load_config  # noqa: E402
-from cemg.evaluation.protocol import EvalResult  # noqa: E402
 from cemg.evaluation.seeds import compare_seeds, spread  # noqa: E402
-from cemg.run_folder import RunFolder, load_run_config, read_seeds, seed_evaluations  # noqa: E402
+from cemg.run_folder import SEEDED_STAGES, SHARED_STAGES  # noqa: E402
 from cemg.tokenizer.fusion import FUSIONS  # noqa: E402
 
 log = logging.getLogger("bench.fusion_variants")
 KS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
-SHARED_STAGES = ("data", "features", "collab")
-SEEDED_STAGES = ("tokenizer", "generator", "evaluation")
 REFERENCE = "attention"
 LABELS = {
     "attention": "attention (paper: q = W_Q e_c)",
@@ -64,17 +61,10 @@ def variant_dir(work: Path, base: Path, variant: str) -> Path:
 
 
 def copy_stages(source: Path, target: Path, variant: str) -> None:
-    """Start a variant's folder from the base run's stages (the pipeline rechecks their hashes)."""
-    stages = [*SHARED_STAGES, *(SEEDED_STAGES if variant == REFERENCE else ())]
-    for stage in stages:
-        if (source / stage / "manifest.json").is_file() and not (target / stage).exists():
-            shutil.copytree(source / stage, target / stage)
-    if variant == REFERENCE:
-        for seed_dir in sorted((source / "seeds").glob("*")):
-            for stage in SEEDED_STAGES:
-                src, dest = seed_dir / stage, target / "seeds" / seed_dir.name / stage
-                if (src / "manifest.json").is_file() and not dest.exists():
-                    shutil.copytree(src, dest)
+    """Start a variant's folder from the base run's stages (the pipeline rechecks their hashes); the
+    reference variant has the base run's hash, so its trained stages are taken too."""
+    reference = variant == REFERENCE
+    copy_shared(target, (*SHARED_STAGES, *(SEEDED_STAGES if reference else ())), reference, source, SEEDED_STAGES)
 
 
 def cemg_command(config: str, seeds: list[int], variant: str, run_dir: Path, extra: list[str]) -> list[str]:
@@ -87,27 +77,6 @@ def train(cmd: list[str]) -> None:
     log.info("%s", " ".join(cmd))
     subprocess.run([sys.executable, "-m", "cemg", *cmd[1:]], check=True, cwd=ROOT,
                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-
-
-def seed_results(run_dir: Path, seeds: list[int]) -> dict[int, dict[str, EvalResult]]:
-    """The finished seeds among `seeds`: from seeds.json when it covers them, else every seed
-    folder that holds an evaluation (an interrupted `cemg run --seeds`)."""
-    if not run_dir.is_dir():
-        return {}
-    record = read_seeds(run_dir)
-    if record is not None and set(record["seeds"]) >= set(seeds):
-        return {s: dict(e.results) for s, e in seed_evaluations(run_dir).items() if s in seeds}
-    config_seed = load_run_config(run_dir).seed
-    out = {}
-    for seed in seeds:
-        folder = RunFolder.of_seed(run_dir, seed, config_seed)
-        if folder.has("evaluation"):
-            out[seed] = dict(folder.evaluation().results)
-    return out
-
-
-def cell(entry: dict) -> str:
-    return f"{entry['mean']:.4f}" + (f" ± {entry['std']:.4f}" if entry["std"] is not None else "")
 
 
 def markdown(dataset: str, rows: dict, comparisons: dict, machine_name: str) -> str:
