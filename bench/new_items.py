@@ -151,7 +151,7 @@ def check_no_leak(run: Path, new_keys: set[str], seeds: list[int], interactions:
     if leaks:
         raise AssertionError(f"{run}: new items reached training: {in_interactions} interactions, catalogue "
                              f"{in_catalogue[:5]}, sizes {sizes} (trained catalogue {n})")
-    return {"interaction_rows": len(rows), "interactions_with_new_items": in_interactions,
+    return {"interaction_rows": len(rows), "interactions_with_new_items": in_interactions, "trained_users": dataset.n_users,
             "trained_catalogue_items": n, "new_items_in_trained_catalogue": 0, "artifact_item_counts": sizes}
 
 
@@ -168,7 +168,7 @@ def cemg(*args: str, threads: int) -> None:
 def train(work: Path, mode: str, seeds: list[int], threads: int) -> Path:
     run = work / f"run-{mode}"
     if mode != "semantic":  # same data, features, LightGCN and ids as the semantic run: only the generator differs
-        copy_shared(run, ("data", "features", "collab"), True, source=work / "run-semantic")
+        copy_shared(run, ("data", "features", "collab", "tokenizer"), True, source=work / "run-semantic")
     cemg("run", "--config", str(work / "config.yaml"), "--seeds", ",".join(map(str, seeds)), "--quiet",
          "--set", f"run_dir={run}", "--set", f"generator.mode={mode}", threads=threads)
     return run
@@ -200,10 +200,14 @@ def evaluate_semantic(run: Path, seed: int, users: list[dict]) -> dict:
 
     recommender = Recommender.load(run, device="cpu", seed=seed)
     known = set(recommender.catalogue.dataset.items.keys)
+    # History items the derived data's 5-core filter dropped (too few interactions once the new items
+    # left) are in no catalogue: left out, as for every other row.
+    histories = [[k for k in u["history"] if k in known] for u in users]
     start = time.perf_counter()
-    lists = recommender.recommend_batch([u["history"] for u in users], k=max(KS))
+    lists = recommender.recommend_batch(histories, k=max(KS))
     return {"metrics": scores_of([[r.key for r in row] for row in lists], [u["target"] for u in users]),
             "catalogue_items": recommender.n_items, "targets_in_catalogue": sum(u["target"] in known for u in users),
+            "history_items_dropped": sum(len(u["history"]) - len(h) for u, h in zip(users, histories)),
             "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -354,7 +358,10 @@ def main() -> None:
     if out.is_file():  # rows measured by an earlier invocation (e.g. SASRec with its own seeds) stay
         earlier = json.loads(out.read_text(encoding="utf-8"))
         if (earlier.get("split_seed"), earlier.get("fraction")) == (args.split_seed, args.fraction):
-            result["rows"] = {**earlier.get("rows", {}), **result["rows"]}
+            for label, old_row in earlier.get("rows", {}).items():
+                per_seed = {**old_row["per_seed"], **result["rows"].get(label, {}).get("per_seed", {})}
+                per_seed = {str(k): v for k, v in sorted(per_seed.items(), key=lambda kv: int(kv[0]))}
+                result["rows"][label] = {"per_seed": per_seed, **mean_std(list(per_seed.values()))}
             result["leak_checks"] = {**earlier.get("leak_checks", {}), **result["leak_checks"]}
             result["commands"] = [*earlier.get("commands", [earlier.get("command")]), result["command"]]
     atomic_write_text(out, json.dumps(result, indent=2))
