@@ -365,9 +365,23 @@ def main() -> None:
             result["leak_checks"] = {**earlier.get("leak_checks", {}), **result["leak_checks"]}
             result["commands"] = [*earlier.get("commands", [earlier.get("command")]), result["command"]]
     atomic_write_text(out, json.dumps(result, indent=2))
-    print(json.dumps({label: {m: v["mean"] for m, v in r.items() if m != "per_seed"}
-                      for label, r in result["rows"].items()}, indent=2))
+    print(markdown(result))
     print(f"wrote {out}")
+
+
+def markdown(result: dict) -> str:
+    """The new-item table: one row per model, mean ± std over its seeds."""
+    split = result["split"]
+    lines = [f"{split['new_items']:,} of {split['items']:,} items new (split seed {result['split_seed']}); "
+             f"{split['evaluated_users']:,} test users whose target is one of them.", "",
+             "| model | seeds | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|"]
+    for label, row in result["rows"].items():
+        cells = []
+        for metric in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
+            value = row[metric]
+            cells.append(f"{value['mean']:.4f}" + (f" ± {value['std']:.4f}" if value["std"] is not None else ""))
+        lines.append(f"| {label} | {', '.join(map(str, row['per_seed']))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
