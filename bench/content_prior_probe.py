@@ -32,19 +32,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.evaluation.metrics import summarize  # noqa: E402
+from new_items import content_vectors  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 KS = [5, 10]
-
-
-def unit_blocks(features_list) -> np.ndarray:
-    """[text; image] per item, each block scaled to unit length (a missing modality is a zero block)."""
-    blocks = []
-    for name in ("text", "image"):
-        if getattr(features_list[0], name) is None:
-            continue
-        block = np.concatenate([getattr(f, name) * getattr(f, f"{name}_mask")[:, None] for f in features_list])
-        blocks.append(block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12))
-    return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
 @torch.no_grad()
@@ -98,7 +88,7 @@ def main() -> None:
     folder = RunFolder.open(args.run, args.seed)
     trained = ItemFeatures.load(folder.stage("features"))
     _, added = encode_new_items(folder, args.new_items / "new_items.jsonl")
-    vectors = torch.from_numpy(unit_blocks([trained, added]))
+    vectors = torch.from_numpy(content_vectors([trained, added]))
     if len(vectors) != recommender.n_items:
         raise SystemExit(f"{len(vectors)} content vectors for {recommender.n_items} items: add the new items first")
     result = {"command": "python " + " ".join(["bench/content_prior_probe.py", *sys.argv[1:]]), "run": str(args.run),

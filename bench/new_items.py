@@ -246,24 +246,28 @@ def evaluate_sasrec(folder: Path, data_run: Path, users: list[dict]) -> dict:
     return evaluate_id_model(keys, model.recommend, users)
 
 
+def content_vectors(features: list) -> np.ndarray:
+    """Rows of the given ItemFeatures, stacked: the run's PCA'd text and image vectors, each block
+    scaled to unit length (a missing modality is a zero block), side by side."""
+    blocks = []
+    for name in ("text", "image"):
+        if getattr(features[0], name) is None:
+            continue
+        block = np.concatenate([getattr(f, name) * getattr(f, f"{name}_mask")[:, None] for f in features])
+        blocks.append(block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12))
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
 def evaluate_content(run: Path, seed: int, users: list[dict], new_items: Path) -> dict:
-    """Rank every item (trained and new) by cosine similarity of its content vector to the user's last
-    history item; history items masked. The content vector: the run's PCA'd text and image vectors,
-    each scaled to unit length (a missing modality is a zero block), side by side."""
+    """Rank every item (trained and new) by cosine similarity of its content vector (content_vectors)
+    to the user's last history item; history items masked."""
     from cemg.added_items import encode_new_items
     from cemg.features.artifact import ItemFeatures
 
     folder = RunFolder.open(run, seed)
-    trained = ItemFeatures.load(folder.stage("features"))
     table, added = encode_new_items(folder, new_items)
+    vectors = content_vectors([ItemFeatures.load(folder.stage("features")), added])
     keys = [*InteractionDataset.load(folder.stage("data")).items.keys, *table.keys]
-    blocks = []
-    for name in ("text", "image"):
-        if getattr(trained, name) is None:
-            continue
-        block = np.concatenate([getattr(f, name) * getattr(f, f"{name}_mask")[:, None] for f in (trained, added)])
-        blocks.append(block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12))
-    vectors = np.concatenate(blocks, axis=1)
     index = {key: i for i, key in enumerate(keys)}
     lists = []
     for u in users:
@@ -297,6 +301,8 @@ def main() -> None:
     parser.add_argument("--collab", nargs="+", default=["content", "zeros"], choices=["content", "zeros"],
                         help="collaborative stand-ins for the new items, one semantic row each")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trained-run", type=Path, default=None,
+                        help="a semantic run already trained on this work folder's derived data: evaluated, not retrained")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -320,7 +326,7 @@ def main() -> None:
 
     semantic_run = None
     if {"semantic", "content"} & set(args.rows):
-        semantic_run = train(work, "semantic", seeds, args.threads)
+        semantic_run = args.trained_run or train(work, "semantic", seeds, args.threads)
         result["leak_checks"]["semantic"] = check_no_leak(semantic_run, new_keys, seeds, work / "interactions.csv")
     if "semantic" in args.rows:
         for stand_in in args.collab:
