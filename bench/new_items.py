@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -329,16 +330,14 @@ def main() -> None:
         semantic_run = args.trained_run or train(work, "semantic", seeds, args.threads)
         result["leak_checks"]["semantic"] = check_no_leak(semantic_run, new_keys, seeds, work / "interactions.csv")
     if "semantic" in args.rows:
+        from cemg.api import add_items
+
         for stand_in in args.collab:
+            run_copy = work / f"run-semantic-{stand_in}"  # each stand-in adds to its own copy of the run
+            if not run_copy.exists():
+                shutil.copytree(semantic_run, run_copy, symlinks=True)
             per_seed = {}
             for seed in seeds:
-                run_copy = work / f"run-semantic-{stand_in}"  # each stand-in adds to its own copy of the run
-                if not run_copy.exists():
-                    import shutil
-
-                    shutil.copytree(semantic_run, run_copy, symlinks=True)
-                from cemg.api import add_items
-
                 if RunFolder.open(run_copy, seed).added_items() is None:
                     add_items(run_copy, work / "new_items.jsonl", collab=stand_in, seed=seed)
                 per_seed[seed] = evaluate_semantic(run_copy, seed, users)
