@@ -248,15 +248,9 @@ def evaluate_sasrec(folder: Path, data_run: Path, users: list[dict]) -> dict:
 
 
 def content_vectors(features: list) -> np.ndarray:
-    """Rows of the given ItemFeatures, stacked: the run's PCA'd text and image vectors, each block
-    scaled to unit length (a missing modality is a zero block), side by side."""
-    blocks = []
-    for name in ("text", "image"):
-        if getattr(features[0], name) is None:
-            continue
-        block = np.concatenate([getattr(f, name) * getattr(f, f"{name}_mask")[:, None] for f in features])
-        blocks.append(block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12))
-    return np.concatenate(blocks, axis=1).astype(np.float32)
+    """Rows of the given ItemFeatures, stacked (ItemFeatures.content_matrix: the run's PCA'd text
+    and image vectors, each block unit length, side by side)."""
+    return np.concatenate([f.content_matrix() for f in features])
 
 
 def evaluate_content(run: Path, seed: int, users: list[dict], new_items: Path) -> dict:

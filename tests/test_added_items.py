@@ -69,6 +69,26 @@ def test_added_items_are_in_catalogue_tree_and_beam_search(tiny_run, tmp_path):
     assert again.items_after == 43 and Recommender.load(run, device="cpu").index("n3") == 42
 
 
+def test_a_content_reading_generator_scores_added_items_by_their_content(tiny_run, tmp_path):
+    from cemg.api import Recommender, add_items
+    from cemg.config import load_config
+    from cemg.pipeline import run_pipeline
+
+    run = _copy(tiny_run, tmp_path)
+    cfg = load_config(run / "config.yaml", ["generator.causal.content_features=true", f"run_dir={run}"])
+    run_pipeline(cfg)  # only the generator and evaluation stages rebuild
+    add_items(run, _items_file(tmp_path))
+    rec = Recommender.load(run, device="cpu")
+    model = rec.generator.model
+    assert model.item_content.shape[0] == 42
+    # the new rows are their own content (unit text block; the missing image of n2 a zero block)
+    dims = [rec.config.features.dim] * 2
+    np.testing.assert_allclose(np.linalg.norm(model.item_content[40:, : dims[0]].numpy(), axis=1), 1.0, rtol=1e-5)
+    assert np.abs(model.item_content[41, dims[0]:].numpy()).max() == 0.0
+    rows = rec.recommend(["i0001", "i0002", "i0003"], k=42, exclude_history=False)
+    assert {"n1", "n2"} <= {r.key for r in rows} and all(np.isfinite(r.score) for r in rows)
+
+
 def test_bad_input_is_named_and_changes_nothing(tiny_run, tmp_path, capsys, monkeypatch):
     from cemg.api import add_items
     from cemg.cli import main

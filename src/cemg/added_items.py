@@ -72,6 +72,13 @@ class AddedItems:
     has_text: np.ndarray  # (n,) bool
     collab: np.ndarray  # (n, d_c) the collaborative stand-ins, calibrated space (empty without collab)
     about: dict[str, Any] = field(default_factory=dict)  # per item: stand-in kind, source file, image status
+    # (n, c) ItemFeatures.content_matrix over the tokenizer's modalities: what a generator that reads
+    # content (generator.causal.content_features) takes for the item; (n, 0) if added before it was kept
+    content: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.content is None:
+            object.__setattr__(self, "content", np.zeros((len(self.table), 0), np.float32))
 
     def __len__(self) -> int:
         return len(self.table)
@@ -81,7 +88,7 @@ class AddedItems:
                  "about": self.about}
         (folder / TABLE_FILE).write_text(json.dumps(table, indent=2), encoding="utf-8")
         np.savez(folder / ARRAYS_FILE, codes=self.codes, latents=self.latents, alphas=self.alphas,
-                 has_image=self.has_image, has_text=self.has_text, collab=self.collab)
+                 has_image=self.has_image, has_text=self.has_text, collab=self.collab, content=self.content)
 
     @classmethod
     def load(cls, folder: Path) -> AddedItems:
@@ -90,14 +97,17 @@ class AddedItems:
             arrays = {k: a[k] for k in a.files}
         table = ItemTable(meta["keys"], meta["fields"], meta["image_refs"])
         return cls(table, arrays["codes"].astype(np.int64), arrays["latents"], arrays["alphas"],
-                   arrays["has_image"], arrays["has_text"], arrays["collab"], meta.get("about", {}))
+                   arrays["has_image"], arrays["has_text"], arrays["collab"], meta.get("about", {}),
+                   arrays.get("content"))
 
     def concat(self, other: AddedItems) -> AddedItems:
+        content = (np.concatenate([self.content, other.content])
+                   if self.content.shape[1] == other.content.shape[1] else None)  # an older batch lacks it
         return AddedItems(
             concat_tables(self.table, other.table),
             *(np.concatenate([getattr(self, f), getattr(other, f)])
               for f in ("codes", "latents", "alphas", "has_image", "has_text", "collab")),
-            {**self.about, **other.about},
+            {**self.about, **other.about}, content,
         )
 
 
@@ -236,7 +246,8 @@ def add_items(
         about = {k: {"collab": collab, "file": str(items_file), "image": status}
                  for k, status in zip(table.keys, image_status)}
         batch = AddedItems(table, ids.codes[n_before:], latents, alphas, masks[0], masks[1],
-                           np.zeros((len(table), 0), np.float32) if stand_in is None else stand_in, about)
+                           np.zeros((len(table), 0), np.float32) if stand_in is None else stand_in, about,
+                           _content(new_features, cfg.tokenizer.content_modalities))
         everything = batch if previous is None else previous.concat(batch)
 
         tmp = folder.added_items_dir / f".added.tmp-{uuid.uuid4().hex[:8]}"
@@ -261,6 +272,13 @@ def add_items(
         for i, k in enumerate(table.keys)
     ]
     return AddSummary(folder.root, published, n_before, ids.n_items, collab, added)
+
+
+def _content(features: ItemFeatures, modalities: list[str]) -> np.ndarray | None:
+    """What a content-reading generator takes for these items; None when no used modality was encoded."""
+    if all(getattr(features, m) is None for m in modalities):
+        return None
+    return features.content_matrix(modalities)
 
 
 def _image_status(table: ItemTable, features: ItemFeatures) -> list[str]:

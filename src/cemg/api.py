@@ -159,6 +159,7 @@ class ItemCatalogue:
         learned_levels: int,
         fusion: FusionView | None = None,
         n_trained: int | None = None,
+        added_content: np.ndarray | None = None,
     ):
         if semantic_ids.n_items != dataset.n_items:
             raise ValueError(f"semantic ids cover {semantic_ids.n_items} items, the dataset {dataset.n_items}")
@@ -168,6 +169,8 @@ class ItemCatalogue:
         self.fusion = fusion
         # items 0..n_trained-1 are the trained ones; the rest were added later (`cemg items add`)
         self.n_trained = dataset.n_items if n_trained is None else n_trained
+        # the added items' content vectors, for a generator that reads content (cemg.added_items)
+        self.added_content = added_content
         self._index = {key: i for i, key in enumerate(dataset.items.keys)}
 
     @classmethod
@@ -196,7 +199,7 @@ class ItemCatalogue:
                                 np.concatenate([fusion.latents, added.latents]),
                                 np.concatenate([fusion.has_image, added.has_image]),
                                 np.concatenate([fusion.has_text, added.has_text]))
-        return cls(dataset, ids, learned, fusion, n_trained=len(ids.codes) - len(added))
+        return cls(dataset, ids, learned, fusion, n_trained=len(ids.codes) - len(added), added_content=added.content)
 
     def __len__(self) -> int:
         return self.dataset.n_items
@@ -325,7 +328,7 @@ class Recommender:
             catalogue = ItemCatalogue(catalogue.dataset, generator.semantic_ids, catalogue.learned_levels,
                                       catalogue.fusion)
         if len(catalogue) > generator.n_items:
-            generator = generator.with_catalogue(catalogue.semantic_ids)
+            generator = generator.with_catalogue(catalogue.semantic_ids, catalogue.added_content)
         evaluation = folder.evaluation().results if folder.has("evaluation") else None
         log.info("loaded %s: %d items, %s generator, device %s", folder.seed_dir, len(catalogue),
                  cfg.generator.backbone, generator.device)

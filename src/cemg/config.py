@@ -156,6 +156,12 @@ class TokenizerConfig(_Section):
     # every other tokenizer setting is unused; the file's content enters the stage's input hash.
     ids_file: Path | None = None
 
+    @property
+    def content_modalities(self) -> list[str]:
+        """The content modalities this tokenizer fuses, text first: also all that a content-reading
+        generator sees (generator.causal.content_features), so an ablation has them nowhere."""
+        return [m for m, used in (("text", self.use_text), ("image", self.use_image)) if used]
+
 
 class CausalGeneratorConfig(_Section):
     """The causal item-level backbone (src/cemg/generator/causal.py; not in the paper): a
@@ -184,6 +190,11 @@ class CausalGeneratorConfig(_Section):
     # A prefix-tree node with a single item below it composes its output vector from all of that
     # item's codes, not only the codes on its path (the finer levels then still describe the item).
     composed_leaf_codes: bool = False
+    # Read each item's content too (its PCA'd text and image vectors, the modalities the tokenizer
+    # uses; ItemFeatures.content_matrix): a shared projection of it joins the item's input vector,
+    # and every prefix-tree node is also scored against the mean content of its items. Still no
+    # per-item parameter: a new item brings its content with it (cemg items add).
+    content_features: bool = False
 
 
 class T5GeneratorConfig(_Section):

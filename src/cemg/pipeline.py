@@ -216,14 +216,21 @@ def run_pipeline(
 
     from cemg.generator import backbone_family, load_generator
 
-    # generator.t5_decoder is left out unless that family trains: it was added after generators
-    # were trained, and adding it must not invalidate them.
-    gen_section = cfg.generator.model_dump(
-        mode="json", exclude=None if backbone_family(cfg.generator.backbone) == "t5-decoder" else {"t5_decoder"})
-    h_gen = fingerprint("generator", h_tok, h_data, gen_section, cfg.data.max_history, cfg.seed)
+    # generator.t5_decoder is left out unless that family trains, and causal.content_features while
+    # off: both were added after generators were trained, and adding them must not invalidate those.
+    family = backbone_family(cfg.generator.backbone)
+    reads_content = family == "causal" and cfg.generator.causal.content_features
+    later: dict[str, Any] = {} if family == "t5-decoder" else {"t5_decoder": True}
+    if not cfg.generator.causal.content_features:
+        later["causal"] = {"content_features"}
+    gen_section = cfg.generator.model_dump(mode="json", exclude=later)
+    h_gen = fingerprint("generator", h_tok, h_data, gen_section, cfg.data.max_history, cfg.seed,
+                        *([h_feat, cfg.tokenizer.content_modalities] if reads_content else []))
+    item_content = features.content_matrix(cfg.tokenizer.content_modalities) if reads_content else None
     generator = _stage(
         result, "generator", h_gen,
-        lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device, checkpoint("generator", h_gen)),
+        lambda: _train_generator(cfg, split, tokenizer.semantic_ids, device, checkpoint("generator", h_gen),
+                                 item_content),
         lambda folder: load_generator(folder, cfg.generator.backbone, device), dump(cfg.generator),
         "generator" in force, parallel=True,
     )
@@ -239,12 +246,13 @@ def run_pipeline(
     return result
 
 
-def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str, checkpoint: TrainingCheckpoint):
+def _train_generator(cfg: CEMGConfig, split, semantic_ids, device: str, checkpoint: TrainingCheckpoint,
+                     item_content=None):
     """The generator `generator.backbone` names (cemg.generator.backbone_family), by the shared trainer."""
     from cemg.generator import train_generator
 
     return train_generator(split, semantic_ids, cfg.generator, cfg.seed, device, eval_cfg=cfg.evaluation,
-                           checkpoint=checkpoint)[0]
+                           checkpoint=checkpoint, item_content=item_content)[0]
 
 
 @dataclass

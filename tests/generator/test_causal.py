@@ -23,10 +23,16 @@ from toy_data import N_ITEMS, SIZES, toy_ids, toy_split  # noqa: E402  (tests/ge
 
 
 
+def toy_content(n_items, dim=5, seed=0):
+    return np.random.default_rng(seed).normal(size=(n_items, dim)).astype(np.float32)
+
+
 def untrained(ids, seed=0, **spec):
     torch.manual_seed(seed)
     spec = CausalSpec(tuple(ids.codebook_sizes), ids.n_items, max_history=6, hidden=16, heads=2, dropout=0.0, **spec)
-    return CausalGenerativeRecommender(CausalSemanticModel(spec, ids.codes), ids, GeneratorConfig(beams=5))
+    content = toy_content(ids.n_items, spec.content_dim) if spec.content_dim else None
+    return CausalGenerativeRecommender(CausalSemanticModel(spec, ids.codes, content=content), ids,
+                                       GeneratorConfig(beams=5))
 
 
 def random_histories(n, n_items, seed=0):
@@ -46,13 +52,15 @@ def test_windows_are_left_padded_next_item_pairs():
     [{}, {"tie_codes": False, "mode": "hybrid"}, {"backbone": "llama"}, {"trie_softmax": True},
      {"trie_softmax": True, "mode": "hybrid"}, {"mode": "hybrid"},
      {"trie_softmax": True, "composed_inputs": True, "composed_outputs": True}, {"composed_outputs": True},
-     {"trie_softmax": True, "composed_outputs": True, "composed_leaf_codes": True}],
+     {"trie_softmax": True, "composed_outputs": True, "composed_leaf_codes": True},
+     {"trie_softmax": True, "composed_inputs": True, "composed_outputs": True, "content_dim": 5},
+     {"trie_softmax": True, "content_dim": 5}],
 )
 def test_wide_beam_equals_exact_scoring_of_every_item(spec):
     ids = toy_ids(n_items=30, sizes=[4, 4, 3])
     rec = untrained(ids, **spec)
     # node vectors and the input MLP are zero at start: give them a say
-    for module in (rec.model.node_emb, rec.model.node_mlp, rec.model.input_mlp):
+    for module in (rec.model.node_emb, rec.model.node_mlp, rec.model.input_mlp, rec.model.content_out):
         for p in (module.parameters() if module is not None else []):
             torch.nn.init.normal_(p, std=0.5)
     histories = random_histories(6, ids.n_items)
@@ -140,3 +148,32 @@ def test_rejects_mismatched_catalogue():
     split = toy_split(n_users=20)
     with pytest.raises(ValueError, match="cover 30 items"):
         train_causal_generator(split, toy_ids(n_items=30), GeneratorConfig(), seed=0)
+
+
+def test_content_reading_model_trains_round_trips_and_takes_new_items_with_their_content(tmp_path):
+    split, ids = toy_split(), toy_ids()
+    content = toy_content(ids.n_items, dim=6)
+    cfg = GeneratorConfig(causal=CausalGeneratorConfig(lr=1e-2, epochs=10, hidden=16, content_features=True),
+                          batch_size=32, beams=10, patience=3, eval_every=5, warmup_ratio=0.0, valid_users=None)
+    with pytest.raises(ValueError, match="needs the items' content"):
+        train_causal_generator(split, ids, cfg, seed=0)
+    out = tmp_path / "gen"
+    rec = train_causal_generator(split, ids, cfg, seed=0, out_dir=out, item_content=content)
+    assert rec.model.content_out[-1].weight.abs().sum() > 0  # the node content term trained
+    loaded = CausalGenerativeRecommender.load(out, device="cpu")
+    np.testing.assert_array_equal(loaded.model.item_content.numpy(), content)
+    histories = split.test.histories[:10]
+    np.testing.assert_array_equal(rec.recommend_with_scores(histories, 10)[1],
+                                  loaded.recommend_with_scores(histories, 10)[1])
+
+    # Two new items under unused code tuples: scored from their codes and content, nothing per item.
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in SIZES], indexing="ij"), -1).reshape(-1, len(SIZES))
+    unused = [row for row in grid.tolist() if row not in ids.codes.tolist()][:2]
+    extended = SemanticIds(np.concatenate([ids.codes, unused]), ids.codebook_sizes)
+    with pytest.raises(ValueError, match="2 added items need their content"):
+        loaded.with_catalogue(extended)
+    wider = loaded.with_catalogue(extended, toy_content(2, dim=6, seed=1))
+    assert wider.n_items == ids.n_items + 2
+    np.testing.assert_array_equal(wider.model.item_content[: ids.n_items].numpy(), content)
+    items, scores = wider.recommend_with_scores(histories, k=wider.n_items)
+    assert set(items[0].tolist()) == set(range(wider.n_items)) and np.isfinite(scores).all()

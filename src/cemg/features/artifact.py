@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,21 @@ class ItemFeatures:
             if not finite.all():
                 # NaN would reach the fusion layer and the RQ-VAE and silently poison every code.
                 raise ValueError(f"{name} features hold NaN or inf (item {int(np.flatnonzero(~finite)[0])})")
+
+    def content_matrix(self, modalities: Sequence[str] = ("text", "image")) -> np.ndarray:
+        """(n_items, sum of dims) float32: the named modalities that were encoded, text first, each
+        row block scaled to unit length (an item lacking a modality has a zero block there), side by
+        side. Unit blocks keep one modality's scale from drowning the other in a dot product."""
+        blocks = []
+        for name in ("text", "image"):
+            values = getattr(self, name)
+            if name not in modalities or values is None:
+                continue
+            block = values * getattr(self, f"{name}_mask")[:, None]
+            blocks.append(block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12))
+        if not blocks:
+            raise ValueError(f"no content to read: none of {list(modalities)} was encoded")
+        return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

@@ -63,20 +63,27 @@ class CausalSpec:
     composed_outputs: bool = False
     composed_width: int = 1  # hidden width of the composing MLPs, in multiples of `hidden`
     composed_leaf_codes: bool = False  # a node holding one item composes from all its codes
+    content_dim: int = 0  # width of the item content vectors the model reads; 0: none
 
     @property
     def per_item_parameters(self) -> bool:
         return self.mode == "hybrid"
 
     @classmethod
-    def from_config(cls, cfg: GeneratorConfig, semantic_ids: SemanticIds, max_history: int) -> CausalSpec:
+    def from_config(cls, cfg: GeneratorConfig, semantic_ids: SemanticIds, max_history: int,
+                    content_dim: int = 0) -> CausalSpec:
+        """`content_dim`: the width of the item content the model is given (needed, and only
+        allowed, with `generator.causal.content_features`)."""
         c = cfg.causal
+        if c.content_features != (content_dim > 0):
+            raise ValueError("generator.causal.content_features needs the items' content vectors" if content_dim == 0
+                             else "item content given but generator.causal.content_features is off")
         semantic = cfg.mode == "semantic"
         return cls(
             tuple(semantic_ids.codebook_sizes), semantic_ids.n_items, max_history, c.hidden, c.layers, c.heads,
             c.dropout, c.backbone, cfg.mode, c.tie_codes, c.trie_softmax,
             semantic and c.composed_inputs, semantic and c.composed_outputs, c.composed_width,
-            c.composed_leaf_codes,
+            c.composed_leaf_codes, content_dim,
         )
 
 
@@ -113,14 +120,23 @@ def build_causal_backbone(spec: CausalSpec) -> nn.Module:
 
 
 class CausalSemanticModel(nn.Module):
-    """Histories of item ids -> per-position states; states + code prefixes -> next-level logits."""
+    """Histories of item ids -> per-position states; states + code prefixes -> next-level logits.
 
-    def __init__(self, spec: CausalSpec, codes: np.ndarray, backbone: nn.Module | None = None):
+    `content` (n_items, spec.content_dim): the items' content vectors, when the spec reads them.
+    They are data, not parameters (saved with the heads so a loaded model has them): a new item
+    brings its own."""
+
+    def __init__(self, spec: CausalSpec, codes: np.ndarray, backbone: nn.Module | None = None,
+                 content: np.ndarray | torch.Tensor | None = None):
         super().__init__()
         codes = np.asarray(codes, dtype=np.int64)
         if codes.shape != (spec.n_items, len(spec.codebook_sizes)):
             raise ValueError(f"codes of shape {codes.shape} do not match {spec.n_items} items x "
                              f"{len(spec.codebook_sizes)} levels")
+        if (content is None) != (spec.content_dim == 0) or (
+                content is not None and tuple(content.shape) != (spec.n_items, spec.content_dim)):
+            raise ValueError(f"the spec reads content of width {spec.content_dim} for {spec.n_items} items; given "
+                             f"{None if content is None else tuple(content.shape)}")
         self.spec = spec
         d, sizes = spec.hidden, list(spec.codebook_sizes)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
@@ -139,6 +155,23 @@ class CausalSemanticModel(nn.Module):
             width = spec.composed_width * d
             self.input_mlp = _zero_last(nn.Sequential(
                 nn.Linear(len(sizes) * d, width), nn.GELU(), nn.Linear(width, d)))
+        # Content: E_in . c_item joins the input vector; a depth-l node's output vector gains
+        # E_out_l . (mean content of its items), zero at start like the other node terms.
+        self.content_in = self.content_out = None
+        if content is not None:
+            self.register_buffer("item_content", torch.as_tensor(content, dtype=torch.float32).clone())
+            self.content_in = nn.Linear(spec.content_dim, d, bias=False)
+            nn.init.normal_(self.content_in.weight, std=0.02)
+            self.content_out = nn.ModuleList(nn.Linear(spec.content_dim, d, bias=False) for _ in sizes)
+            for layer in self.content_out:
+                nn.init.zeros_(layer.weight)
+            tree = PrefixTree(codes, sizes)
+            for level in range(len(sizes)):
+                depth = level + 1
+                sums = torch.zeros((tree.n_nodes[depth], spec.content_dim)).index_add_(
+                    0, tree.ancestor[depth], self.item_content)
+                self.register_buffer(f"node_content_{level}", sums / tree.subtree_size[depth][:, None].float(),
+                                     persistent=False)
         self.input_dropout = nn.Dropout(spec.dropout)
         self.backbone = backbone if backbone is not None else build_causal_backbone(spec)
         self.level_mlp = nn.ModuleList(
@@ -196,7 +229,12 @@ class CausalSemanticModel(nn.Module):
 
     @property
     def has_node_vectors(self) -> bool:
-        return self.node_emb is not None or self.node_mlp is not None
+        return self.node_emb is not None or self.node_mlp is not None or self.content_out is not None
+
+    def scores_nodes(self, level: int) -> bool:
+        """Whether level `level`'s logits add the child nodes' output vectors (the codes and
+        paths below the first level, content at every level)."""
+        return self.content_out is not None or (level > 0 and (self.node_emb is not None or self.node_mlp is not None))
 
     @property
     def levels(self) -> int:
@@ -209,6 +247,8 @@ class CausalSemanticModel(nn.Module):
         x = codes.sum(-2)
         if self.input_mlp is not None:
             x = x + self.input_mlp(codes.flatten(-2))
+        if self.content_in is not None:
+            x = x + self.content_in(self.item_content[items])
         return x + self.item_emb(items) if self.item_emb is not None else x
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
@@ -243,7 +283,7 @@ class CausalSemanticModel(nn.Module):
             logits = u @ table.T + self.level_bias[level]
         else:
             logits = self.level_out[level](u)
-        if (self.node_emb is None and self.node_mlp is None) or level == 0:
+        if not self.scores_nodes(level):
             return logits
         if child is None:
             raise ValueError("node vectors need the prefix tree's child table")
@@ -257,14 +297,21 @@ class CausalSemanticModel(nn.Module):
         return logits.reshape(-1, size).index_put((rows, codes), extra, accumulate=True).reshape(logits.shape)
 
     def node_vectors(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
-        """(n,) depth-(level+1) prefix-tree nodes -> (n, d) their output vectors (level >= 1)."""
-        if self.node_emb is not None:
-            return self.node_emb[level - 1](nodes)
-        # Each distinct node once: a batch names the same few thousand nodes many times over.
+        """(n,) depth-(level+1) prefix-tree nodes -> (n, d) their output vectors."""
+        own = None
+        if level > 0 and self.node_emb is not None:
+            own = self.node_emb[level - 1](nodes)
+        elif level > 0 and self.node_mlp is not None:
+            # Each distinct node once: a batch names the same few thousand nodes many times over.
+            unique, inverse = torch.unique(nodes, return_inverse=True)
+            paths = getattr(self, f"node_paths_{level}")[unique]  # (u, L) offset codes, -1 = none
+            summed = (self.path_emb(paths.clamp(min=0)) * (paths >= 0).unsqueeze(-1)).sum(1)
+            own = self.node_mlp[level - 1](summed).index_select(0, inverse)  # see level_logits
+        if self.content_out is None:
+            return own
         unique, inverse = torch.unique(nodes, return_inverse=True)
-        paths = getattr(self, f"node_paths_{level}")[unique]  # (u, L) offset codes, -1 = none
-        summed = (self.path_emb(paths.clamp(min=0)) * (paths >= 0).unsqueeze(-1)).sum(1)
-        return self.node_mlp[level - 1](summed).index_select(0, inverse)  # see level_logits
+        content = self.content_out[level](getattr(self, f"node_content_{level}")[unique]).index_select(0, inverse)
+        return content if own is None else own + content
 
     def prefix_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
         """P_level[codes]: what a level-`level` code adds to the state for the levels after it."""
@@ -402,14 +449,26 @@ class CausalGenerativeRecommender(SemanticIdRecommender):
     def beam_step(self, histories: Sequence[np.ndarray]) -> CausalStep:
         return CausalStep(self.model, self.last_states(histories))
 
-    def _over(self, semantic_ids: SemanticIds) -> CausalGenerativeRecommender:
+    def _over(self, semantic_ids: SemanticIds, added_content: np.ndarray | None = None) -> CausalGenerativeRecommender:
         if self.model.spec.per_item_parameters:
             raise ValueError("a hybrid generator has a learned vector per trained item and none for a new one: "
                              "items added after training cannot be scored; retrain, or use generator.mode=semantic")
-        # The item table and the node paths are buffers built from the codes; every weight is shared.
+        content = None
+        n_added = semantic_ids.n_items - self.model.spec.n_items
+        if self.model.content_in is not None:
+            want = (n_added, self.model.spec.content_dim)
+            if added_content is None or tuple(added_content.shape) != want:
+                raise ValueError(f"this generator reads item content (generator.causal.content_features): the "
+                                 f"{n_added} added items need their content vectors {want}, given "
+                                 f"{'none' if added_content is None else tuple(added_content.shape)}"
+                                 " (items added before content was kept: add them again)")
+            content = torch.cat([self.model.item_content.cpu(), torch.as_tensor(added_content, dtype=torch.float32)])
+        # The item table, node paths and node contents are buffers built from the codes and the
+        # content; every weight is shared.
         spec = dataclasses.replace(self.model.spec, n_items=semantic_ids.n_items)
-        model = CausalSemanticModel(spec, semantic_ids.codes, self.model.backbone)
-        model.load_state_dict(self.model.state_dict())
+        model = CausalSemanticModel(spec, semantic_ids.codes, self.model.backbone, content)
+        state = {k: v for k, v in self.model.state_dict().items() if k != "item_content"}
+        model.load_state_dict(state, strict=content is None)
         return type(self)(model, semantic_ids, self.config, str(self.device), self.info)
 
     def save(self, folder: Path) -> None:
@@ -432,8 +491,10 @@ class CausalGenerativeRecommender(SemanticIdRecommender):
             fields.pop("node_emb", None)
             fields["mode"] = "hybrid" if hybrid else "semantic"
         spec = CausalSpec(**{**fields, "codebook_sizes": tuple(fields["codebook_sizes"])})
-        model = CausalSemanticModel(spec, semantic_ids.codes, AutoModel.from_pretrained(folder / "backbone"))
-        missing, unexpected = model.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
+        heads = load_file(folder / HEADS_FILE)
+        model = CausalSemanticModel(spec, semantic_ids.codes, AutoModel.from_pretrained(folder / "backbone"),
+                                    heads.get("item_content"))
+        missing, unexpected = model.load_state_dict(heads, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"{folder / HEADS_FILE}: missing {missing}, unexpected {unexpected}")
@@ -482,10 +543,12 @@ class CausalFamily:
     find_unused_parameters = True
     eval_batch_size = 4096
 
-    def __init__(self, split: SplitDataset, semantic_ids: SemanticIds, cfg: GeneratorConfig, device: str):
-        spec = CausalSpec.from_config(cfg, semantic_ids, split.max_history)
-        self.recommender = CausalGenerativeRecommender(CausalSemanticModel(spec, semantic_ids.codes), semantic_ids,
-                                                       cfg, device)
+    def __init__(self, split: SplitDataset, semantic_ids: SemanticIds, cfg: GeneratorConfig, device: str,
+                 item_content: np.ndarray | None = None):
+        spec = CausalSpec.from_config(cfg, semantic_ids, split.max_history,
+                                      0 if item_content is None else item_content.shape[1])
+        self.recommender = CausalGenerativeRecommender(
+            CausalSemanticModel(spec, semantic_ids.codes, content=item_content), semantic_ids, cfg, device)
         self.backbone = f"causal-{cfg.causal.backbone}"
         self.epochs, self.lr = cfg.causal.epochs, cfg.causal.lr
         self.windows, self.targets = training_windows(split.train, split.max_history)
@@ -517,8 +580,9 @@ def train_causal_generator(
     eval_cfg: EvalConfig | None = None,
     out_dir: Path | None = None,
     checkpoint: TrainingCheckpoint | None = None,
+    item_content: np.ndarray | None = None,
 ) -> CausalGenerativeRecommender:
     """The causal generator trained by the shared trainer (train.train_family), whatever
     `cfg.backbone` says; the best-on-validation recommender, its record in `.info`."""
-    return train_family(lambda dev: CausalFamily(split, semantic_ids, cfg, dev), split, semantic_ids, cfg, seed,
-                        device, out_dir, eval_cfg, checkpoint)[0]
+    return train_family(lambda dev: CausalFamily(split, semantic_ids, cfg, dev, item_content), split, semantic_ids,
+                        cfg, seed, device, out_dir, eval_cfg, checkpoint)[0]

@@ -64,11 +64,13 @@ class SemanticIdRecommender:
     def n_items(self) -> int:
         return self.semantic_ids.n_items
 
-    def with_catalogue(self, semantic_ids: SemanticIds) -> SemanticIdRecommender:
+    def with_catalogue(self, semantic_ids: SemanticIds,
+                       added_content: np.ndarray | None = None) -> SemanticIdRecommender:
         """The same trained model over `semantic_ids`: the trained ids followed by items added after
         training (cemg.added_items), with the trained codebooks. In semantic mode an item is its code
         tuple, so a new one is scored like any other once it is in the prefix tree; the model is
-        shared, not copied. A family with per-item parameters (hybrid) refuses."""
+        shared, not copied. A family with per-item parameters (hybrid) refuses. `added_content`: the
+        added items' content vectors (ItemFeatures.content_matrix), for a model that reads content."""
         trained = self.semantic_ids
         if list(semantic_ids.codebook_sizes) != list(trained.codebook_sizes):
             raise ValueError(f"the new catalogue's codebooks {semantic_ids.codebook_sizes} differ from the trained "
@@ -76,9 +78,9 @@ class SemanticIdRecommender:
         if semantic_ids.n_items < trained.n_items or not np.array_equal(semantic_ids.codes[: trained.n_items],
                                                                         trained.codes):
             raise ValueError("the new catalogue does not start with the ids the generator was trained on")
-        return self._over(semantic_ids)
+        return self._over(semantic_ids, added_content)
 
-    def _over(self, semantic_ids: SemanticIds) -> SemanticIdRecommender:
+    def _over(self, semantic_ids: SemanticIds, added_content: np.ndarray | None = None) -> SemanticIdRecommender:
         # The T5 families read an item only through its tokens and the tree.
         out = copy.copy(self)
         out.semantic_ids = semantic_ids

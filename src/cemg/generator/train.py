@@ -89,15 +89,16 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 
 
 def make_family(split: SplitDataset, semantic_ids: SemanticIds, cfg: GeneratorConfig, seed: int,
-                device: str) -> Family:
-    """The family `generator.backbone` names (cemg.generator.backbone_family)."""
+                device: str, item_content: np.ndarray | None = None) -> Family:
+    """The family `generator.backbone` names (cemg.generator.backbone_family); `item_content` is
+    read by the causal family with generator.causal.content_features."""
     from cemg.generator import backbone_family
 
     family = backbone_family(cfg.backbone)
     if family == "causal":
         from cemg.generator.causal import CausalFamily
 
-        return CausalFamily(split, semantic_ids, cfg, device)
+        return CausalFamily(split, semantic_ids, cfg, device, item_content)
     if family == "t5-decoder":
         from cemg.generator.t5_decoder import TokenDecoderFamily
 
@@ -116,10 +117,13 @@ def train_generator(
     out_dir: Path | None = None,
     eval_cfg: EvalConfig | None = None,
     checkpoint: TrainingCheckpoint | None = None,
+    item_content: np.ndarray | None = None,
 ) -> tuple[SemanticIdRecommender, dict]:
-    """Train the generator `cfg.backbone` names on `split.train`; (best-on-validation recommender, record)."""
-    return train_family(lambda dev: make_family(split, semantic_ids, cfg, seed, dev), split, semantic_ids, cfg,
-                        seed, device, out_dir, eval_cfg, checkpoint)
+    """Train the generator `cfg.backbone` names on `split.train`; (best-on-validation recommender, record).
+    `item_content`: the items' content vectors (ItemFeatures.content_matrix), for
+    generator.causal.content_features."""
+    return train_family(lambda dev: make_family(split, semantic_ids, cfg, seed, dev, item_content), split,
+                        semantic_ids, cfg, seed, device, out_dir, eval_cfg, checkpoint)
 
 
 def train_family(
