@@ -289,6 +289,13 @@ class CausalSemanticModel(nn.Module):
             raise ValueError("node vectors need the prefix tree's child table")
         size = logits.shape[-1]
         flat_u, flat_child = u.reshape(-1, u.shape[-1]), child.reshape(-1, size)
+        if level == 0:
+            # Every live row sits at the root and has the same children (a dead beam has none): one
+            # dense product, not a gather of rows x K vectors.
+            root_children = flat_child.max(0).values
+            vectors = self.node_vectors(0, root_children.clamp(min=0)) * (root_children >= 0).unsqueeze(-1)
+            extra = (flat_u @ vectors.T).masked_fill(flat_child < 0, 0.0)
+            return (logits.reshape(-1, size) + extra).reshape(logits.shape)
         rows, codes = (flat_child >= 0).nonzero(as_tuple=True)
         # Only real children: most of the (rows, K) table is empty below the first levels.
         # index_select, not flat_u[rows]: tensor indexing's backward (index_put_ with accumulate)
