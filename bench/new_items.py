@@ -166,12 +166,16 @@ def cemg(*args: str, threads: int) -> None:
     subprocess.run(command, check=True, cwd=ROOT, env=env)
 
 
-def train(work: Path, mode: str, seeds: list[int], threads: int) -> Path:
-    run = work / f"run-{mode}"
-    if mode != "semantic":  # same data, features, LightGCN and ids as the semantic run: only the generator differs
+def train(work: Path, mode: str, seeds: list[int], threads: int, overrides: list[str] = (), tag: str = "") -> Path:
+    """The run of one generator mode on the derived data (`overrides`: more `--set`s, `tag`: they
+    name its own folder). Every run after the plain semantic one starts from that run's data,
+    features, LightGCN and ids: only the generator differs."""
+    run = work / f"run-{mode}{tag}"
+    if run != work / "run-semantic" and (work / "run-semantic").is_dir():
         copy_shared(run, ("data", "features", "collab", "tokenizer"), True, source=work / "run-semantic")
     cemg("run", "--config", str(work / "config.yaml"), "--seeds", ",".join(map(str, seeds)), "--quiet",
-         "--set", f"run_dir={run}", "--set", f"generator.mode={mode}", threads=threads)
+         "--set", f"run_dir={run}", "--set", f"generator.mode={mode}",
+         *[arg for o in overrides for arg in ("--set", o)], threads=threads)
     return run
 
 
@@ -298,8 +302,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trained-run", type=Path, default=None,
                         help="a semantic run already trained on this work folder's derived data: evaluated, not retrained")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the semantic run (e.g. generator.causal.content_features=true); "
+                             "needs --tag")
+    parser.add_argument("--tag", default="", help="names the semantic run's folder and rows when --set is given")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.overrides and not args.tag:
+        parser.error("--set changes the semantic run: give it a --tag that names its folder and rows")
+    tag = f"-{args.tag}" if args.tag else ""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     seeds = [int(s) for s in args.seeds.split(",")]
     name = load_config(args.config).data.name
@@ -321,13 +332,13 @@ def main() -> None:
 
     semantic_run = None
     if {"semantic", "content"} & set(args.rows):
-        semantic_run = args.trained_run or train(work, "semantic", seeds, args.threads)
+        semantic_run = args.trained_run or train(work, "semantic", seeds, args.threads, args.overrides, tag)
         result["leak_checks"]["semantic"] = check_no_leak(semantic_run, new_keys, seeds, work / "interactions.csv")
     if "semantic" in args.rows:
         from cemg.api import add_items
 
         for stand_in in args.collab:
-            run_copy = work / f"run-semantic-{stand_in}"  # each stand-in adds to its own copy of the run
+            run_copy = work / f"run-semantic{tag}-{stand_in}"  # each stand-in adds to its own copy of the run
             if not run_copy.exists():
                 shutil.copytree(semantic_run, run_copy, symlinks=True)
             per_seed = {}
@@ -335,7 +346,8 @@ def main() -> None:
                 if RunFolder.open(run_copy, seed).added_items() is None:
                     add_items(run_copy, work / "new_items.jsonl", collab=stand_in, seed=seed)
                 per_seed[seed] = evaluate_semantic(run_copy, seed, users)
-            row(f"CEMG, semantic generator, new items added (collab stand-in: {stand_in})", per_seed)
+            about = f" ({', '.join(args.overrides)})" if args.overrides else ""
+            row(f"CEMG, semantic generator{about}, new items added (collab stand-in: {stand_in})", per_seed)
     if "content" in args.rows:
         row("content-only reference: nearest item to the last one by [text; image] vectors",
             {seeds[0]: evaluate_content(semantic_run, seeds[0], users, work / "new_items.jsonl")})

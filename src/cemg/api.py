@@ -273,8 +273,14 @@ def load_generator(run: Path | str | RunFolder, cfg: CEMGConfig, device: str = "
     if not run.has("generator"):
         raise FileNotFoundError(f"{folder}: no trained generator in this run; run `cemg run` to the end first")
     from cemg.generator import load_generator as load_saved_generator
+    from cemg.generator.content_prior import with_content_prior
 
-    return load_saved_generator(folder, cfg.generator.backbone, device)
+    generator = load_saved_generator(folder, cfg.generator.backbone, device)
+    if cfg.generator.content_prior.weight:
+        from cemg.features.artifact import ItemFeatures
+
+        generator = with_content_prior(generator, cfg, ItemFeatures.load(run.stage("features")))
+    return generator
 
 
 class Recommender:

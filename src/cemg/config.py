@@ -217,6 +217,15 @@ class T5DecoderGeneratorConfig(_Section):
     epochs: int = 60  # not tuned yet: the causal generator's, which also takes one window per user
 
 
+class ContentPriorConfig(_Section):
+    """Rank by log p(item | history) + weight x cos(content(item), content(last item)) at inference
+    (src/cemg/generator/content_prior.py; not in the paper); causal backbone only. Nothing is
+    trained for it: changing it re-runs the evaluation, not the generator."""
+
+    weight: float = 0.0  # 0: off (plain beam search)
+    candidates: int = 50  # re-ranked per user: the beam's top this many and the last item's nearest this many
+
+
 class GeneratorConfig(_Section):
     # "semantic": the paper's model class: an item is its semantic tokens, and the generator holds
     # no per-item parameter (it can rank items it never saw in training). "hybrid" (causal backbone
@@ -246,12 +255,16 @@ class GeneratorConfig(_Section):
     causal: CausalGeneratorConfig = Field(default_factory=CausalGeneratorConfig)
     t5: T5GeneratorConfig = Field(default_factory=T5GeneratorConfig)
     t5_decoder: T5DecoderGeneratorConfig = Field(default_factory=T5DecoderGeneratorConfig)
+    content_prior: ContentPriorConfig = Field(default_factory=ContentPriorConfig)
 
     @model_validator(mode="after")
     def _hybrid_needs_causal(self) -> "GeneratorConfig":
         if self.mode == "hybrid" and self.backbone != "causal":
             raise ValueError(f"mode 'hybrid' adds per-item parameters to the causal backbone only; "
                              f"backbone {self.backbone!r} is semantic by construction")
+        if self.content_prior.weight and self.backbone != "causal":
+            raise ValueError(f"content_prior re-scores candidates with the causal backbone's exact item "
+                             f"log-probabilities; backbone {self.backbone!r} has none (set its weight to 0)")
         return self
 
 

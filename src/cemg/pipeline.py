@@ -220,7 +220,9 @@ def run_pipeline(
     # off: both were added after generators were trained, and adding them must not invalidate those.
     family = backbone_family(cfg.generator.backbone)
     reads_content = family == "causal" and cfg.generator.causal.content_features
-    later: dict[str, Any] = {} if family == "t5-decoder" else {"t5_decoder": True}
+    # generator.content_prior acts at inference only: the evaluation's hash holds it.
+    later: dict[str, Any] = {"content_prior": True} if family == "t5-decoder" else {"t5_decoder": True,
+                                                                                      "content_prior": True}
     if not cfg.generator.causal.content_features:
         later["causal"] = {"content_features"}
     gen_section = cfg.generator.model_dump(mode="json", exclude=later)
@@ -237,10 +239,15 @@ def run_pipeline(
     if last <= STAGES.index("generator"):
         return result
 
-    h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation))
+    from cemg.generator.content_prior import with_content_prior
+
+    prior = cfg.generator.content_prior
+    h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
+                         *([dump(prior), h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))
+    ranker = with_content_prior(generator, cfg, features)
     _stage(
         result, "evaluation", h_eval,
-        lambda: RunEvaluation({part: evaluate(generator, split, part, cfg.evaluation) for part in ("valid", "test")}),
+        lambda: RunEvaluation({part: evaluate(ranker, split, part, cfg.evaluation) for part in ("valid", "test")}),
         RunEvaluation.load, dump(cfg.evaluation), "evaluation" in force,
     )
     return result

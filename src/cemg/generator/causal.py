@@ -366,10 +366,16 @@ class CausalSemanticModel(nn.Module):
         normalised over the level's full codebook, or over the prefix's children in `tree` with
         `spec.trie_softmax` (the score beam search ranks by)."""
         n, m = len(hidden), len(items)
-        codes = (self.item_tokens[items] - self.item_tokens.new_tensor(self.offsets))  # (m, L)
+        return self.pair_log_probs(hidden, items[None].expand(n, m), tree)
+
+    def pair_log_probs(self, hidden: torch.Tensor, items: torch.Tensor, tree: PrefixTree | None = None) -> torch.Tensor:
+        """(n, d) states, (n, m) item ids, a row of items per state -> (n, m) their log p as in
+        `sequence_log_probs` (each user scored on their own candidates)."""
+        n, m = items.shape
+        flat_items = items.reshape(-1)
+        flat_c = self.item_tokens[flat_items] - self.item_tokens.new_tensor(self.offsets)  # (n * m, L)
         flat_h = hidden[:, None, :].expand(n, m, -1).reshape(n * m, -1)
-        flat_c = codes[None].expand(n, m, -1).reshape(n * m, -1)
-        logits = self._target_logits(flat_h, items[None].expand(n, m).reshape(-1), flat_c, tree)
+        logits = self._target_logits(flat_h, flat_items, flat_c, tree)
         total = sum(lg.log_softmax(-1).gather(1, flat_c[:, level : level + 1]).squeeze(1)
                     for level, lg in enumerate(logits))
         return total.reshape(n, m)

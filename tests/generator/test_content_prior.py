@@ -1,0 +1,109 @@
+"""The content prior at inference (cemg.generator.content_prior)."""
+
+import numpy as np
+import pytest
+import torch
+
+from cemg.generator.content_prior import ContentPriorRecommender
+from cemg.tokenizer.semantic_ids import SemanticIds
+from test_causal import random_histories, toy_content, untrained  # noqa: E402  (tests/generator/)
+from toy_data import toy_ids  # noqa: E402
+
+
+@pytest.fixture
+def generator():
+    ids = toy_ids(n_items=30, sizes=[4, 4, 3])
+    rec = untrained(ids, trie_softmax=True, composed_outputs=True)
+    for p in rec.model.node_mlp.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return rec
+
+
+def test_weight_zero_ranks_by_exact_log_p_and_never_below_the_beam(generator):
+    histories = random_histories(8, generator.n_items, seed=3)
+    histories = [h if len(h) else np.array([0]) for h in histories]
+    exclude = [np.unique(h) for h in histories]
+    prior = ContentPriorRecommender(generator, toy_content(generator.n_items), weight=0.0, candidates=10)
+    items, scores = prior.recommend_with_scores(histories, 10, exclude)
+    base_items, base_scores = generator.recommend_with_scores(histories, 10, exclude)
+    exact = generator.model.sequence_log_probs(generator.last_states(histories), torch.arange(generator.n_items),
+                                               generator.tree).detach().numpy()
+    for row in range(len(histories)):
+        np.testing.assert_allclose(scores[row], exact[row][items[row]], rtol=1e-5, atol=1e-5)
+    # the candidates hold the beam's top k, so the k-th best can only improve on the beam's
+    assert (scores >= base_scores - 1e-5).all() and (np.diff(scores, axis=1) <= 1e-6).all()
+    assert (items[:, 0] == base_items[:, 0]).all()
+
+
+def test_scores_are_exact_log_p_plus_weighted_cosine_over_the_candidates(generator):
+    content = toy_content(generator.n_items, dim=4, seed=2)
+    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
+    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
+    exclude = [np.unique(h) for h in histories]
+    prior = ContentPriorRecommender(generator, content, weight=3.0, candidates=generator.n_items)
+    items, scores = prior.recommend_with_scores(histories, 8, exclude)
+    states = generator.last_states(histories)
+    exact = generator.model.sequence_log_probs(states, torch.arange(generator.n_items), generator.tree).detach().numpy()
+    for row, history in enumerate(histories):
+        want = exact[row] + 3.0 * (unit @ unit[history[-1]])
+        want[history] = -np.inf
+        order = np.argsort(-want, kind="stable")[:8]
+        assert items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+
+
+def test_a_large_weight_ranks_content_neighbours_first_and_never_repeats_or_returns_excluded(generator):
+    content = toy_content(generator.n_items, dim=4, seed=5)
+    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
+    histories = random_histories(12, generator.n_items, seed=4)
+    histories = [h if len(h) else np.array([1]) for h in histories]
+    exclude = [np.unique(h) for h in histories]
+    prior = ContentPriorRecommender(generator, content, weight=1e4, candidates=5)
+    items = prior.recommend(histories, 10, exclude)
+    for row, history in enumerate(histories):
+        similarity = unit @ unit[history[-1]]
+        similarity[exclude[row]] = -np.inf
+        assert items[row, 0] == int(np.argmax(similarity))
+        real = items[row][items[row] >= 0]
+        assert len(set(real.tolist())) == len(real) and not set(real.tolist()) & set(exclude[row].tolist())
+    # fewer items left than asked for: padded with -1
+    everything_but = [np.setdiff1d(np.arange(generator.n_items), [4, 9])]
+    assert sorted(prior.recommend([np.array([2])], 5, everything_but)[0].tolist()) == [-1, -1, -1, 4, 9]
+
+
+def test_added_items_need_their_content(generator):
+    prior = ContentPriorRecommender(generator, toy_content(generator.n_items, dim=4), weight=1.0, candidates=5)
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in [4, 4, 3]], indexing="ij"), -1).reshape(-1, 3)
+    unused = [row for row in grid.tolist() if row not in generator.semantic_ids.codes.tolist()][:1]
+    wider_ids = SemanticIds(np.concatenate([generator.semantic_ids.codes, unused]), [4, 4, 3])
+    with pytest.raises(ValueError, match="1 added items' content"):
+        prior.with_catalogue(wider_ids)
+    wider = prior.with_catalogue(wider_ids, toy_content(1, dim=4, seed=9))
+    assert wider.n_items == generator.n_items + 1 and wider.info["content_prior"]["weight"] == 1.0
+    assert generator.n_items in set(wider.recommend([np.array([0])], wider.n_items)[0].tolist())
+
+
+def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from cemg.api import Recommender, add_items
+    from cemg.config import load_config
+    from cemg.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    generator_manifest = (run / "generator" / "manifest.json").read_text()
+    cfg = load_config(run / "config.yaml", ["generator.content_prior.weight=2.0", "generator.content_prior.candidates=8",
+                                            f"run_dir={run}"])
+    result = run_pipeline(cfg)
+    assert (run / "generator" / "manifest.json").read_text() == generator_manifest  # not retrained
+    assert result.artifacts["evaluation"].results["test"].metrics  # evaluated with the prior
+    rec = Recommender.load(run, device="cpu")
+    assert rec.generator.info["content_prior"] == {"weight": 2.0, "candidates": 8}
+    items = tmp_path / "new.jsonl"
+    items.write_text(json.dumps({"item_id": "n1", "title": "Velvet Matte Lipstick", "brand": "Acme",
+                                 "categories": ["lips"]}) + "\n", encoding="utf-8")
+    add_items(run, items)
+    rec = Recommender.load(run, device="cpu")
+    assert rec.n_items == 41 and "n1" in {r.key for r in rec.recommend(["i0001", "i0002"], k=41)}
