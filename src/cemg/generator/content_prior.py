@@ -99,6 +99,11 @@ class ContentPriorRecommender:
         return self.recommend_with_scores(histories, k, exclude)[0]
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return rank_candidates(*self.candidates_of(histories, beam_items, exclude), self.weight, k)
+
+    def candidates_of(self, histories, beam_items: np.ndarray, exclude) -> tuple[torch.Tensor, ...]:
+        """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
+        and their cosine to the last item; what every weight combines (rank_candidates)."""
         device, b = self.device, len(histories)
         last = torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], device=device)
         similarity = self.content[last.clamp(min=0)] @ self.content.T  # (b, items)
@@ -108,20 +113,26 @@ class ContentPriorRecommender:
             blocked[row, torch.as_tensor(np.asarray(excluded, np.int64), device=device)] = True
         near_score, near = similarity.masked_fill(blocked, NEG_INF).topk(min(self.candidates, self.n_items), dim=1)
         near[(near_score == NEG_INF) | (last < 0)[:, None]] = -1
-        pool = torch.cat([torch.from_numpy(beam_items).to(device), near], dim=1)
+        pool = torch.cat([torch.from_numpy(np.asarray(beam_items)).to(device), near], dim=1)
         pool, _ = pool.sort(dim=1)
         pool[:, 1:][pool[:, 1:] == pool[:, :-1]] = -1  # each candidate once
-        real = pool >= 0
         hidden = self.generator.last_states(histories)
         log_p = self.generator.model.pair_log_probs(hidden, pool.clamp(min=0), self.generator.tree)
-        score = (log_p + self.weight * similarity.gather(1, pool.clamp(min=0))).masked_fill(~real, NEG_INF)
-        top_score, top = score.topk(min(k, score.shape[1]), dim=1)
-        items = pool.gather(1, top).masked_fill(top_score == NEG_INF, -1)
-        out_items = np.full((b, k), -1, dtype=np.int64)
-        out_scores = np.full((b, k), NEG_INF, dtype=np.float32)
-        out_items[:, : items.shape[1]] = items.cpu().numpy()
-        out_scores[:, : items.shape[1]] = top_score.float().cpu().numpy()
-        return out_items, out_scores
+        return pool, log_p.masked_fill(pool < 0, NEG_INF), similarity.gather(1, pool.clamp(min=0))
+
+
+def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of log_p + weight x cosine per row: (items, scores) as numpy, -1 / -inf padded."""
+    score = log_p + weight * cosine
+    top_score, top = score.topk(min(k, score.shape[1]), dim=1)
+    items = pool.gather(1, top).masked_fill(top_score == NEG_INF, -1)
+    b = len(pool)
+    out_items = np.full((b, k), -1, dtype=np.int64)
+    out_scores = np.full((b, k), NEG_INF, dtype=np.float32)
+    out_items[:, : items.shape[1]] = items.cpu().numpy()
+    out_scores[:, : items.shape[1]] = top_score.float().cpu().numpy()
+    return out_items, out_scores
 
 
 def with_content_prior(generator, cfg, features):

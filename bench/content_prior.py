@@ -1,0 +1,95 @@
+"""Choose generator.content_prior.weight on validation (every validation user, every seed of a run).
+
+    python bench/content_prior.py runs/beauty --seeds 42,43,44 --weights 0,1,2,3,5,8
+
+For each seed of a finished causal semantic run, the trained generator (not retrained) ranks the
+validation users' next items with the content prior at each weight (cemg.generator.content_prior);
+weight 0 is the re-ranked beam alone. Test is not read. Writes
+bench/results/content_prior_<run name>.json: per seed and weight the validation metrics (all users
+and cold-start targets), the mean over seeds, and the weight with the best mean NDCG@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from cemg.artifacts import atomic_write_text  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--seeds", default="42")
+    parser.add_argument("--weights", default="0,1,2,3,5,8")
+    parser.add_argument("--candidates", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    from cemg.api import load_generator
+    from cemg.data.dataset import InteractionDataset
+    from cemg.data.split import leave_one_out
+    from cemg.evaluation.metrics import summarize, target_ranks
+    from cemg.evaluation.protocol import prior_items
+    from cemg.features.artifact import ItemFeatures
+    from cemg.generator.content_prior import ContentPriorRecommender, rank_candidates
+    from cemg.run_folder import RunFolder, load_run_config
+
+    cfg = load_run_config(args.run)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    weights = [float(w) for w in args.weights.split(",")]
+    ks = list(cfg.evaluation.ks)
+    result = {"command": "python " + " ".join(["bench/content_prior.py", *sys.argv[1:]]), "machine": machine(),
+              "run": str(args.run), "candidates": args.candidates, "weights": weights, "per_seed": {}}
+    plain = cfg.model_copy(update={"generator": cfg.generator.model_copy(
+        update={"content_prior": cfg.generator.content_prior.model_copy(update={"weight": 0.0})})})
+    for seed in seeds:
+        start = time.perf_counter()
+        folder = RunFolder.open(args.run, seed)
+        split = leave_one_out(InteractionDataset.load(folder.stage("data")), cfg.data.max_history)
+        content = ItemFeatures.load(folder.stage("features")).content_matrix(cfg.tokenizer.content_modalities)
+        # The same candidates serve every weight: beam search and exact scoring run once.
+        prior = ContentPriorRecommender(load_generator(folder, plain, "cpu"), content, 0.0, args.candidates)
+        valid = split.part("valid")
+        exclude = prior_items(split, "valid") if cfg.evaluation.mask_history else None
+        lists: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+        batch = prior.config.eval_batch_size
+        for lo in range(0, len(valid), batch):
+            hi = min(len(valid), lo + batch)
+            histories, excl = valid.histories[lo:hi], None if exclude is None else exclude[lo:hi]
+            beam, _ = prior.generator.recommend_with_scores(histories, max(max(ks), args.candidates), excl)
+            with torch.no_grad():
+                candidates = prior.candidates_of(histories, beam, excl)
+            for w in weights:
+                lists[w].append(rank_candidates(*candidates, w, max(ks))[0])
+        cold = split.train_item_counts()[valid.targets] <= cfg.evaluation.cold_start_max_train
+        rows = {}
+        for w in weights:
+            ranks = target_ranks(np.concatenate(lists[w]), valid.targets)
+            rows[str(w)] = {"valid": summarize(ranks, ks), "valid_cold": summarize(ranks[cold], ks),
+                            "users": len(valid), "cold_users": int(cold.sum())}
+            print(f"seed {seed} weight {w:g}: valid NDCG@10 {rows[str(w)]['valid']['NDCG@10']:.4f} "
+                  f"HR@10 {rows[str(w)]['valid']['HR@10']:.4f} cold HR@10 {rows[str(w)]['valid_cold']['HR@10']:.4f}",
+                  flush=True)
+        result["per_seed"][str(seed)] = {"weights": rows, "seconds": round(time.perf_counter() - start, 1)}
+    result["mean"] = {str(w): {part: {m: float(np.mean([result["per_seed"][str(s)]["weights"][str(w)][part][m]
+                                                        for s in seeds]))
+                                      for m in result["per_seed"][str(seeds[0])]["weights"][str(w)][part]}
+                               for part in ("valid", "valid_cold")} for w in weights}
+    result["chosen_weight"] = max(weights, key=lambda w: result["mean"][str(w)]["valid"]["NDCG@10"])
+    out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.run.name}.json"
+    atomic_write_text(out, json.dumps(result, indent=2))
+    print(f"chosen weight {result['chosen_weight']:g} (best mean valid NDCG@10); wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
