@@ -6,7 +6,9 @@ Run from the repository root (configs/beauty.yaml reads ../shared/data):
     python bench/beauty_tables.py --no-train      # tables from finished runs only
     python bench/beauty_tables.py --rows semantic hybrid --no-docs
 
-Rows: CEMG's semantic generator (the default), the same ids with the hybrid generator, LETTER's
+Rows: CEMG's semantic generator (the default: it reads each item's codes and content and ranks with
+the content prior), the same generator without the prior, the same ids with a generator that reads
+codes only (the paper's form), the same ids with the hybrid generator, LETTER's
 published ids and text-only RQ-VAE ids with our semantic generator, SASRec (3 seeds each), and
 GRU4Rec and Popularity from bench/results/baselines_beauty.json (one seed, `python
 bench/baselines_beauty.py`). How rows are trained and compared: bench/dataset_tables.py. Writes
@@ -21,20 +23,28 @@ from pathlib import Path
 from dataset_tables import ROOT, Baseline, Row, Tables, main
 
 ALL = ("data", "features", "collab")
+# The generator as every row but the first two was measured: codes only, no content prior.
+CODES_ONLY = ("generator.causal.content_features=false", "generator.content_prior.weight=0")
 BEAUTY = Tables(
     dataset="beauty",
     config="configs/beauty.yaml",
     n_items="12,101",
     docs_section="## Beauty: overall and cold start",
     rows={
-        "semantic": Row("CEMG, semantic generator (default; no per-item parameter)"),
+        "semantic": Row("CEMG, semantic generator (default: codes and item content, content prior; "
+                        "no per-item parameter)"),
+        "semantic_no_prior": Row("CEMG, semantic generator reading codes and item content, no content prior",
+                                 ("generator.content_prior.weight=0", "run_dir=runs/beauty-no-prior"),
+                                 ALL + ("tokenizer", "generator"), True, ("tokenizer", "generator")),
+        "semantic_codes": Row("CEMG, semantic generator reading codes only (the paper's form), no content prior",
+                              (*CODES_ONLY, "run_dir=runs/beauty-codes-only"), ALL + ("tokenizer",), True),
         "hybrid": Row("CEMG ids, hybrid generator (per-item input and output vectors; beyond the paper)",
-                      ("generator.mode=hybrid", "run_dir=runs/beauty-hybrid"), ALL + ("tokenizer",), True),
+                      ("generator.mode=hybrid", *CODES_ONLY, "run_dir=runs/beauty-hybrid"), ALL + ("tokenizer",), True),
         "letter": Row("LETTER's published ids, our semantic generator",
                       ("tokenizer.ids_file=../shared/data/beauty/letter_Beauty.index.json.gz",
-                       "run_dir=runs/beauty-letter-ids"), ALL),
+                       *CODES_ONLY, "run_dir=runs/beauty-letter-ids"), ALL),
         "text_ids": Row("Text-only RQ-VAE ids (no LightGCN), our semantic generator",
-                        ("tokenizer.use_collab=false", "run_dir=runs/beauty-text-ids"), ALL),
+                        ("tokenizer.use_collab=false", *CODES_ONLY, "run_dir=runs/beauty-text-ids"), ALL),
     },
     baselines={"sasrec": Baseline("SASRec, full softmax (ours)")},
     # Published rows, HR@10 / NDCG@10, same protocol (leave-one-out, full ranking). The CEMG and TIGER

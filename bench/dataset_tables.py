@@ -47,6 +47,7 @@ class Row:
     overrides: tuple[str, ...] = ()
     shared_stages: tuple[str, ...] = ()  # stages copied from the default run before training
     shared_tokenizers: bool = False  # the same ids as the default run: per-seed tokenizers copied too
+    shared_seeded: tuple[str, ...] = ("tokenizer",)  # which per-seed stages `shared_tokenizers` copies
     seeds: tuple[int, ...] = SEEDS
 
 
@@ -120,7 +121,7 @@ def _cemg(args: list[str]) -> None:
 
 def train_row(tables: Tables, name: str) -> None:
     row = tables.rows[name]
-    copy_shared(tables.run_dir(row), row.shared_stages, row.shared_tokenizers, tables.main_run)
+    copy_shared(tables.run_dir(row), row.shared_stages, row.shared_tokenizers, tables.main_run, row.shared_seeded)
     cmd = tables.command(row)
     log.info("%s: %s", name, " ".join(cmd))
     _cemg(cmd[1:])
@@ -198,7 +199,8 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
         "| model | seeds | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|",
     ]
     for r in rows.values():
-        lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cell(r["test_all"][k]) for k in KS) + " |")
+        label = r["label"] + (" (earlier run)" if "kept_from" in r else "")
+        lines.append(f"| {label} | {len(r['seeds'])} | " + " | ".join(cell(r["test_all"][k]) for k in KS) + " |")
     for name, r in single.items():
         lines.append(f"| {name} | 1 | " + " | ".join(f"{r['test'][k]:.4f}" for k in KS) + " |")
     for name, m in tables.published.items():
@@ -216,7 +218,9 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
                   "paired t-test across seeds, and across users on per-user values averaged over seeds):", ""]
         lines += [f"- {key}: {c['verdict']}" for key, c in comparisons.items()]
     lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
-    lines += [f"- {r['label']}: `{r['command']}`" for r in rows.values()]
+    lines += [f"- {r['label']}: `{r['command']}`"
+              + (f" (measured by an earlier `{r['kept_from']}`; its runs are not in this checkout)" if "kept_from" in r
+                 else "") for r in rows.values()]
     lines += [f"- {name}: `{r['command']}`" for name, r in single.items()]
     return "\n".join(lines) + "\n"
 
@@ -230,6 +234,27 @@ def write_docs(section_title: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     atomic_write_text(DOCS, text)
+
+
+def kept_from_earlier(tables: Tables, rows: dict, comparisons: dict, choices: list[str]) -> tuple[dict, dict]:
+    """Rows of the earlier JSON that this invocation did not collect (not asked for, or their runs
+    are gone), each marked with the command that measured it, and their comparisons, renamed to say
+    they were made against that command's semantic row. A row collected now replaces its old self."""
+    if not tables.results.is_file():
+        return {}, {}
+    earlier = json.loads(tables.results.read_text(encoding="utf-8"))
+    kept = {name: {**row, "kept_from": row.get("kept_from", earlier.get("command"))}
+            for name, row in earlier.get("rows", {}).items() if name not in rows and name in choices}
+    for name, row in kept.items():  # the command that trains the row now (the same model, as configured today)
+        if name in tables.rows:
+            row["command"] = " ".join(tables.command(tables.rows[name]))
+    kept_comparisons = {}
+    for key, c in earlier.get("comparisons", {}).items():
+        other = key.split(" vs ", 1)[1].split(",")[0]
+        if other in kept:
+            tag = key if "[" in key else f"{key} [semantic row of `{kept[other]['kept_from']}`]"
+            kept_comparisons[tag] = c
+    return kept, {k: v for k, v in kept_comparisons.items() if k not in comparisons}
 
 
 def main(tables: Tables, doc: str) -> None:
@@ -272,6 +297,9 @@ def main(tables: Tables, doc: str) -> None:
                 for metric in ("HR@10", "NDCG@10"):
                     c = compare_seeds(per_row["semantic"], per_row[name], metric, "test", subset)
                     comparisons[f"semantic vs {name}, {metric}{' (cold start)' if subset == 'cold_start' else ''}"] = c.to_dict()
+    kept_rows, kept_comparisons = kept_from_earlier(tables, rows, comparisons, choices)
+    rows.update(kept_rows)
+    comparisons.update(kept_comparisons)
     single = {}
     if tables.saved_baselines is not None and tables.saved_baselines[0].is_file():
         path, labels = tables.saved_baselines

@@ -319,11 +319,15 @@ def baseline(
 
 def _print_generator(run) -> None:
     """Which model produced the numbers that follow: the generator's mode, backbone and size."""
-    info = getattr(run.artifacts.get("generator"), "info", None) or {}
+    generator = run.artifacts.get("generator")
+    info = getattr(generator, "info", None) or {}
     if info:
         params = info.get("n_parameters")
+        reads_content = getattr(getattr(generator, "model", None), "content_in", None) is not None
+        prior = (getattr(run.artifacts.get("ranker"), "info", None) or {}).get("content_prior")
         print(f"generator: {info.get('mode', 'semantic')} mode, {info.get('backbone', '?')} backbone"
-              + (f", {params:,} parameters" if params else ""))
+              + (f", {params:,} parameters" if params else "") + (", reads item content" if reads_content else "")
+              + (f", content prior weight {prior['weight']:g}" if prior else ""))
 
 
 def _print_results(run, k_names: list[str] | None = None) -> None:

@@ -244,7 +244,8 @@ def run_pipeline(
     prior = cfg.generator.content_prior
     h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
                          *([dump(prior), h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))
-    ranker = with_content_prior(generator, cfg, features)
+    ranker = with_content_prior(generator, cfg, features)  # what the evaluation ranks with
+    result.artifacts["ranker"] = ranker
     _stage(
         result, "evaluation", h_eval,
         lambda: RunEvaluation({part: evaluate(ranker, split, part, cfg.evaluation) for part in ("valid", "test")}),
