@@ -58,6 +58,10 @@ BEAUTY = Tables(
     },
     saved_baselines=(ROOT / "bench" / "results" / "baselines_beauty.json",
                      {"gru4rec": "GRU4Rec (ours)", "pop": "Popularity"}),
+    notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
+           "checkout: their ids are that invocation's (the same settings, but each re-encoding of the "
+           "features gives other ids), and their comparisons, in brackets, are against that invocation's "
+           "semantic row, which read codes only. The first three rows share one set of ids per seed.",),
 )
 
 if __name__ == "__main__":

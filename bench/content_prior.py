@@ -6,7 +6,9 @@ For each seed of a finished causal semantic run, the trained generator (not retr
 validation users' next items with the content prior at each weight (cemg.generator.content_prior);
 weight 0 is the re-ranked beam alone. Test is not read. Writes
 bench/results/content_prior_<run name>.json: per seed and weight the validation metrics (all users
-and cold-start targets), the mean over seeds, and the weight with the best mean NDCG@10.
+and cold-start targets), the mean over seeds, and the weight with the best mean NDCG@10. Seeds
+already in that file from an invocation with the same grid are kept, so seeds can be measured by
+separate processes (each command is listed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,26 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 from cemg.artifacts import atomic_write_text  # noqa: E402
+
+
+def merge(earlier: dict, now: dict) -> dict:
+    """`now` plus the seeds of `earlier` it did not measure, when both used the same grid."""
+    if (earlier.get("weights"), earlier.get("candidates")) != (now["weights"], now["candidates"]):
+        return now
+    per_seed = {**earlier["per_seed"], **now["per_seed"]}
+    commands = [*earlier.get("commands", [earlier["command"]]), now["command"]]
+    return {**now, "commands": commands, "per_seed": dict(sorted(per_seed.items()))}
+
+
+def summarise(result: dict) -> None:
+    """The mean over seeds per weight, and the weight with the best mean validation NDCG@10."""
+    seeds, weights = list(result["per_seed"]), result["weights"]
+    result["mean"] = {str(w): {part: {m: float(np.mean([result["per_seed"][s]["weights"][str(w)][part][m]
+                                                        for s in seeds]))
+                                      for m in result["per_seed"][seeds[0]]["weights"][str(w)][part]}
+                               for part in ("valid", "valid_cold")} for w in weights}
+    result["seeds"] = [int(s) for s in seeds]
+    result["chosen_weight"] = max(weights, key=lambda w: result["mean"][str(w)]["valid"]["NDCG@10"])
 
 
 def main() -> None:
@@ -81,12 +103,10 @@ def main() -> None:
                   f"HR@10 {rows[str(w)]['valid']['HR@10']:.4f} cold HR@10 {rows[str(w)]['valid_cold']['HR@10']:.4f}",
                   flush=True)
         result["per_seed"][str(seed)] = {"weights": rows, "seconds": round(time.perf_counter() - start, 1)}
-    result["mean"] = {str(w): {part: {m: float(np.mean([result["per_seed"][str(s)]["weights"][str(w)][part][m]
-                                                        for s in seeds]))
-                                      for m in result["per_seed"][str(seeds[0])]["weights"][str(w)][part]}
-                               for part in ("valid", "valid_cold")} for w in weights}
-    result["chosen_weight"] = max(weights, key=lambda w: result["mean"][str(w)]["valid"]["NDCG@10"])
     out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.run.name}.json"
+    if out.is_file():  # seeds measured by an earlier invocation with the same grid stay
+        result = merge(json.loads(out.read_text(encoding="utf-8")), result)
+    summarise(result)
     atomic_write_text(out, json.dumps(result, indent=2))
     print(f"chosen weight {result['chosen_weight']:g} (best mean valid NDCG@10); wrote {out}")
 

@@ -5,9 +5,9 @@
 The content-only reference of bench/new_items.py (rank items by cosine similarity of their [text;
 image] vectors to the user's last item) beats the semantic generator on new items by a wide margin.
 This probe re-ranks candidates (the generator's beam-search top 50 and the last item's 50 nearest
-content neighbours) by the generator's exact log-probability of each item's code path
-(`CausalSemanticModel.sequence_log_probs`, what beam search ranks by) plus
-`weight * cosine(content(item), content(last item))`, for a grid of weights, on (a) validation users
+content neighbours) by the generator's exact log-probability of each item's code path plus
+`weight * cosine(content(item), content(last item))` (what cemg.generator.content_prior now does
+as a model option; bench/content_prior.py chooses its weight on every validation user), for a grid of weights, on (a) validation users
 of the run (the honest place to choose a weight) and (b) the new-item test users of bench/new_items.py
 (only to see what the chosen weight would do there). History items are masked as in evaluation.
 Nothing here is trained: the generator is the run's, the content vectors are its features stage's
@@ -41,28 +41,18 @@ KS = [5, 10]
 def ranks_for(recommender, vectors: torch.Tensor, histories: list[np.ndarray], targets: np.ndarray,
               weights: list[float], candidates: int) -> dict[float, np.ndarray]:
     """0-based rank of each target under log p(item) + weight * cos(item, last item), per weight, among
-    a re-ranked candidate set: the generator's beam-search top `candidates` and the last item's
-    `candidates` nearest content neighbours (a target in neither counts as a miss)."""
+    the content prior's candidates (cemg.generator.content_prior: the beam's top `candidates` and the
+    last item's `candidates` nearest content neighbours); a target outside the top 10 counts as a miss."""
+    from cemg.evaluation.metrics import target_ranks
+    from cemg.generator.content_prior import ContentPriorRecommender, rank_candidates
+
     generator = recommender.generator
-    model, tree = generator.model, generator.tree
-    beam_items, _ = generator.recommend_with_scores(histories, candidates, histories)
-    miss = np.iinfo(np.int64).max
-    out = {w: np.full(len(targets), miss, dtype=np.int64) for w in weights}
-    for row, (history, target) in enumerate(zip(histories, targets)):
-        similarity = vectors @ vectors[history[-1]]
-        similarity[torch.from_numpy(history)] = -torch.inf
-        near = similarity.topk(candidates).indices.numpy()
-        pool = np.unique(np.concatenate([beam_items[row][beam_items[row] >= 0], near]))
-        pool = pool[~np.isin(pool, history)]
-        if target not in pool:
-            continue
-        hidden = generator.last_states([history])
-        log_p = model.sequence_log_probs(hidden, torch.from_numpy(pool), tree)[0]
-        own = int(np.flatnonzero(pool == target)[0])
-        for w in weights:
-            score = log_p + w * similarity[torch.from_numpy(pool)]
-            out[w][row] = int((score > score[own]).sum())
-    return out
+    if isinstance(generator, ContentPriorRecommender):  # a run with a configured prior: re-weigh its generator
+        generator = generator.generator
+    prior = ContentPriorRecommender(generator, vectors.numpy(), 0.0, candidates)
+    beam, _ = prior.generator.recommend_with_scores(histories, candidates, histories)
+    pool = prior.candidates_of(histories, beam, histories)
+    return {w: target_ranks(rank_candidates(*pool, w, max(KS))[0], targets) for w in weights}
 
 
 def main() -> None:
@@ -73,6 +63,7 @@ def main() -> None:
     parser.add_argument("--valid-users", type=int, default=3000)
     parser.add_argument("--weights", default="0,2,5,10,20,40")
     parser.add_argument("--candidates", type=int, default=50, help="from the beam and from the content neighbours")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     from cemg.added_items import encode_new_items
     from cemg.api import Recommender
@@ -113,7 +104,7 @@ def main() -> None:
     ranks = ranks_for(recommender, vectors, histories, targets, weights, args.candidates)
     result["parts"]["test, users whose target is a new item"] = {
         "users": len(users), "new_items_from": n_trained, **{str(w): summarize(r, KS) for w, r in ranks.items()}}
-    out = ROOT / "bench" / "results" / f"content_prior_probe_{args.new_items.name}.json"
+    out = args.out or ROOT / "bench" / "results" / f"content_prior_probe_{args.new_items.name}.json"
     atomic_write_text(out, json.dumps(result, indent=2))
     for part, values in result["parts"].items():
         print(part)

@@ -208,7 +208,8 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
     lines += ["", "Cold start (the paper's Table 3): test users whose target has at most 5 training interactions.", "",
               "| model | cold users | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|"]
     for r in rows.values():
-        lines.append(f"| {r['label']} | {r['n_cold_start_users']:,} | "
+        label = r["label"] + (" (earlier run)" if "kept_from" in r else "")
+        lines.append(f"| {label} | {r['n_cold_start_users']:,} | "
                      + " | ".join(cell(r["test_cold_start"][k]) for k in KS) + " |")
     for name, r in single.items():
         lines.append(f"| {name} | {r['n_cold_start_users']:,} | "
