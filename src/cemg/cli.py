@@ -454,7 +454,8 @@ def demo(
 
 def _print_examples(result, n_users: int, k: int) -> None:
     dataset, split = result.artifacts["data"], result.artifacts["split"]
-    generator = result.artifacts["generator"]
+    generator = result.artifacts["ranker"]
+    score_name = "score" if generator is not result.artifacts["generator"] else "log-prob"  # the prior adds to it
     test = split.test
     items = dataset.items
     recs, scores = generator.recommend_with_scores(test.histories[:n_users], k, test.histories[:n_users])
@@ -464,7 +465,7 @@ def _print_examples(result, n_users: int, k: int) -> None:
         print(f"  held-out next item: {items.title(int(test.targets[row]))}")
         for rank, (item, score) in enumerate(zip(recs[row], scores[row]), 1):
             if item >= 0:
-                print(f"  {rank}. {items.title(int(item))}  (log-prob {score:.2f})")
+                print(f"  {rank}. {items.title(int(item))}  ({score_name} {score:.2f})")
 
 
 @app.command("recommend")
@@ -485,7 +486,7 @@ def recommend(
     if (user is None) == (history is None):
         raise UserError("give exactly one of --user KEY or --history KEY,KEY,...")
     result = run_pipeline(cfg, stop_after="generator")
-    dataset, generator = result.artifacts["data"], result.artifacts["generator"]
+    dataset, generator = result.artifacts["data"], result.artifacts["ranker"]
     if user is not None:
         try:
             seq = dataset.sequences[dataset.user_keys.index(user)]

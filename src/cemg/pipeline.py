@@ -236,16 +236,16 @@ def run_pipeline(
         lambda folder: load_generator(folder, cfg.generator.backbone, device), dump(cfg.generator),
         "generator" in force, parallel=True,
     )
+    from cemg.generator.content_prior import with_content_prior
+
+    # What recommendations and the evaluation rank with: the generator, under the content prior when set.
+    ranker = result.artifacts["ranker"] = with_content_prior(generator, cfg, features)
     if last <= STAGES.index("generator"):
         return result
-
-    from cemg.generator.content_prior import with_content_prior
 
     prior = cfg.generator.content_prior
     h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
                          *([dump(prior), h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))
-    ranker = with_content_prior(generator, cfg, features)  # what the evaluation ranks with
-    result.artifacts["ranker"] = ranker
     _stage(
         result, "evaluation", h_eval,
         lambda: RunEvaluation({part: evaluate(ranker, split, part, cfg.evaluation) for part in ("valid", "test")}),

@@ -99,6 +99,8 @@ def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny
     result = run_pipeline(cfg)
     assert (run / "generator" / "manifest.json").read_text() == generator_manifest  # not retrained
     assert result.artifacts["evaluation"].results["test"].metrics  # evaluated with the prior
+    # `cemg recommend` stops after the generator: it ranks under the prior too
+    assert isinstance(run_pipeline(cfg, stop_after="generator").artifacts["ranker"], ContentPriorRecommender)
     rec = Recommender.load(run, device="cpu")
     assert rec.generator.info["content_prior"] == {"weight": 2.0, "candidates": 8}
     items = tmp_path / "new.jsonl"
