@@ -221,8 +221,9 @@ def run_pipeline(
     family = backbone_family(cfg.generator.backbone)
     reads_content = family == "causal" and cfg.generator.causal.content_features
     # generator.content_prior acts at inference only: the evaluation's hash holds it.
-    later: dict[str, Any] = {"content_prior": True} if family == "t5-decoder" else {"t5_decoder": True,
-                                                                                      "content_prior": True}
+    later: dict[str, Any] = {"content_prior": True}
+    if family != "t5-decoder":
+        later["t5_decoder"] = True
     if not cfg.generator.causal.content_features:
         later["causal"] = {"content_features"}
     gen_section = cfg.generator.model_dump(mode="json", exclude=later)

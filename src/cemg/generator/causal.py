@@ -148,6 +148,8 @@ class CausalSemanticModel(nn.Module):
         self.prefix_emb = nn.Embedding(sum(sizes), d)
         hybrid = spec.per_item_parameters
         self.item_emb = nn.Embedding(spec.n_items, d) if hybrid else None
+        # The item tree, for the node terms below (built once whichever of them needs it).
+        tree = PrefixTree(codes, sizes) if (hybrid or spec.composed_outputs or content is not None) else None
         # Semantic mode: a nonlinear function of the item's codes, so the input vector is more than
         # a sum of shared code vectors (items that share 3 of 4 codes differ by one vector in a sum).
         self.input_mlp = None
@@ -165,7 +167,6 @@ class CausalSemanticModel(nn.Module):
             self.content_out = nn.ModuleList(nn.Linear(spec.content_dim, d, bias=False) for _ in sizes)
             for layer in self.content_out:
                 nn.init.zeros_(layer.weight)
-            tree = PrefixTree(codes, sizes)
             for level in range(len(sizes)):
                 depth = level + 1
                 sums = torch.zeros((tree.n_nodes[depth], spec.content_dim)).index_add_(
@@ -191,7 +192,6 @@ class CausalSemanticModel(nn.Module):
         self.node_mlp = None
         self._node_paths: list[torch.Tensor] = []
         if hybrid or spec.composed_outputs:
-            tree = PrefixTree(codes, sizes)
             if hybrid:
                 self.node_emb = nn.ModuleList(nn.Embedding(tree.n_nodes[level + 1], d) for level in range(1, len(sizes)))
                 for table in self.node_emb:
