@@ -3,7 +3,8 @@
     python bench/image_neighbours.py runs/toys [--part test|valid]
 
 For each evaluation user, every item is ranked by the cosine similarity of its image vector (and,
-separately, its text vector) to the vector of the user's last history item; that item itself is
+separately, its text vector, and both together as the content prior reads them) to the vector of
+the user's last history item; that item itself is
 never recommended, nor (with evaluation.mask_history, as in the paper's protocol) any earlier one.
 HR@K / NDCG@K of "the next item is a content neighbour of the last one" say how much sequential
 signal a modality holds on its own, next to chance (K / items). The ranking runs through the same
@@ -76,12 +77,22 @@ def neighbour_metrics(run_dir: Path, part: str = "test") -> dict:
         "chance": {f"HR@{k}": round(k / dataset.n_items, 5) for k in cfg.evaluation.ks},
         "modalities": {},
     }
-    for name in ("image", "text"):
-        vectors, mask = getattr(features, name), getattr(features, f"{name}_mask")
-        info = features.info.get(name, {})
-        if vectors is None:
-            out["modalities"][name] = {"skipped": info.get("skipped", f"the run has no {name} vectors")}
-            continue
+    for name in ("image", "text", "content"):
+        if name == "content":
+            # What a content-reading generator and the content prior see (ItemFeatures.content_matrix:
+            # both modalities' unit blocks side by side, so the cosine averages the two).
+            encoded = [m for m in ("text", "image") if getattr(features, m) is not None]
+            if len(encoded) < 2:
+                out["modalities"][name] = {"skipped": "needs both modalities"}
+                continue
+            vectors, mask = features.content_matrix(encoded), features.text_mask | features.image_mask
+            info = {"model": "text + image (unit blocks)"}
+        else:
+            vectors, mask = getattr(features, name), getattr(features, f"{name}_mask")
+            info = features.info.get(name, {})
+            if vectors is None:
+                out["modalities"][name] = {"skipped": info.get("skipped", f"the run has no {name} vectors")}
+                continue
         start = time.perf_counter()
         result = evaluate(ContentNeighbours(vectors, mask), split, part, cfg.evaluation)
         out["modalities"][name] = {

@@ -61,6 +61,9 @@ def test_the_next_item_is_the_nearest_unseen_image_neighbour(bench, ring_run, tm
     # Test targets are items u+4; the last history item is u+3, which is item 3 for two users.
     assert text["users_whose_last_item_lacks_it"] == 2 and text["targets_lacking_it"] == 2
     assert text["metrics"]["NDCG@10"] < 1.0
+    content = record["modalities"]["content"]  # the image half still finds the ring's neighbours
+    assert content["items_with_vector"] == 12 and content["dim"] == 6
+    assert content["metrics"]["HR@10"] >= text["metrics"]["HR@10"]
 
 
 def test_no_list_without_a_vector_and_nothing_seen_is_recommended(bench):
@@ -75,7 +78,7 @@ def test_no_list_without_a_vector_and_nothing_seen_is_recommended(bench):
 def test_on_a_pipeline_run(bench, tiny_run, tmp_path):
     # The session's tiny demo run (shared with the API, service and report tests).
     record = json.loads(bench.main([str(tiny_run), "--out", str(tmp_path / "tiny.json")]).read_text())
-    for name in ("image", "text"):
+    for name in ("image", "text", "content"):
         row = record["modalities"][name]
         assert set(row["metrics"]) == {"HR@5", "NDCG@5", "HR@10", "NDCG@10"}
         assert all(0.0 <= v <= 1.0 for v in row["metrics"].values())
