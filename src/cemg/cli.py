@@ -322,12 +322,11 @@ def _print_generator(run) -> None:
     generator = run.artifacts.get("generator")
     info = getattr(generator, "info", None) or {}
     if info:
-        params = info.get("n_parameters")
+        from cemg.generator.recommender import describe_generator
+
         reads_content = getattr(getattr(generator, "model", None), "content_in", None) is not None
-        prior = (getattr(run.artifacts.get("ranker"), "info", None) or {}).get("content_prior")
-        print(f"generator: {info.get('mode', 'semantic')} mode, {info.get('backbone', '?')} backbone"
-              + (f", {params:,} parameters" if params else "") + (", reads item content" if reads_content else "")
-              + (f", content prior weight {prior['weight']:g}" if prior else ""))
+        prior = (getattr(run.artifacts.get("ranker"), "info", None) or {}).get("content_prior") or {}
+        print("generator: " + describe_generator(info, reads_content, prior.get("weight", 0.0)))
 
 
 def _print_results(run, k_names: list[str] | None = None) -> None:

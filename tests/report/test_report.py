@@ -231,3 +231,15 @@ def test_fusion_breakdowns_say_why_when_there_are_no_learned_weights(tiny_run, t
     for title in ("Fusion weights by popularity", "Items by image weight"):
         assert len(sections[title].blocks) == 1 and "fixed by construction" in sections[title].blocks[0]
     assert fusion_popularity_figure(content) is None
+
+
+def test_overview_names_the_model_behind_the_numbers(tiny_run):
+    content = collect(tiny_run, n_examples=0)
+    md = to_markdown("t", build_sections(content), {})
+    row = next(line for line in md.splitlines() if line.startswith("| generator |"))
+    assert "semantic mode, causal-gpt2 backbone" in row and "content prior" not in row
+    generator = content.config.generator
+    content.config = content.config.model_copy(update={"generator": generator.model_copy(
+        update={"content_prior": generator.content_prior.model_copy(update={"weight": 3.0})})})
+    md = to_markdown("t", build_sections(content), {})
+    assert "content prior weight 3, beam" in next(line for line in md.splitlines() if line.startswith("| generator |"))

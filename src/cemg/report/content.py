@@ -147,7 +147,8 @@ def _generator_info(folder: Path) -> dict[str, Any] | None:
     for name, kind in (("causal.json", "causal"), ("t5_decoder.json", "t5-decoder"), ("generator.json", "t5")):
         meta = _json(folder / name)
         if meta is not None:
-            return {"kind": kind, **meta.get("info", {})}
+            return {"kind": kind, "reads_content": bool(meta.get("spec", {}).get("content_dim")),
+                    **meta.get("info", {})}
     return None
 
 

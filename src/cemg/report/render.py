@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cemg.artifacts import atomic_dir
+from cemg.generator.recommender import describe_generator
 from cemg.report.content import LEARNED_FUSIONS, Example, ExampleItem, RunContent, fusion_by_popularity
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def _overview(c: RunContent) -> Section:
                                          f"fusion: {inputs.get('fusion', 'attention')})"])
     if c.generator_info:
         g = c.generator_info
-        rows.append(["generator", f"{g['kind']} ({g.get('n_parameters', 0):,} parameters, beam {cfg.generator.beams})"])
+        rows.append(["generator", describe_generator(g, g.get("reads_content", False), cfg.generator.content_prior.weight)
+                     + f", beam {cfg.generator.beams}"])
     rows.append(["report written", time.strftime("%Y-%m-%d %H:%M")])
     return Section("Overview", [Table(["", ""], rows)])
 
@@ -346,7 +348,7 @@ def _seed_spread(c: RunContent, names: list[str]) -> list[Block]:
                              + [_f(test[subset][m]["per_seed"][seed]) if m in test.get(subset, {}) else ""
                                 for m in names])
     return [
-        f"Over {len(seeds)} seeds ({', '.join(seeds)}): the data, features and LightGCN are shared (seed "
+        f"Over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(seeds)}): the data, features and LightGCN are shared (seed "
         f"{record['config_seed']}); the tokenizer, generator and evaluation were re-run per seed. The table above and "
         f"the other sections show seed {c.seed_shown}. Mean ± sample standard deviation over the seeds:",
         Table(["split (over seeds)", *names], spread_rows),
@@ -359,9 +361,12 @@ def _seed_spread(c: RunContent, names: list[str]) -> list[Block]:
 def _examples(c: RunContent) -> Section:
     if not c.examples:
         return Section("Example recommendations", [c.examples_note or "No examples."])
+    weight = c.config.generator.content_prior.weight
+    scores = (f"scores are log p + {weight:g} x cosine to the last item's content, the content prior"
+              if weight else "scores are log-probabilities")
     blocks: list[Block] = [(
         "Test users (evenly spaced through the dataset): their last items, the held-out next item, and the "
-        "generator's top items (scores are log-probabilities; the held-out item is marked).")]
+        f"generator's top items ({scores}; the held-out item is marked).")]
     if c.image_note:
         blocks.append(c.image_note)
     return Section("Example recommendations", [*blocks, Examples(c.examples)])
@@ -489,7 +494,7 @@ def _html_card(item: ExampleItem, rank: int | None = None, pictures: bool = True
     elif pictures:  # some items of the example have a picture: mark the ones that lack it
         img = '<div class="noimg">no image</div>'
     head = f"{rank}. " if rank is not None else ""
-    score = f'<br><span class="score">log-prob {item.score:.2f}</span>' if item.score is not None else ""
+    score = f'<br><span class="score">score {item.score:.2f}</span>' if item.score is not None else ""
     if item.image_weight is not None:
         score += (f'<br><span class="score">image weight <b>{item.image_weight:.3f}</b><br>'
                   f"{item.train_interactions:,} training interactions</span>")
