@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from cemg.api import ItemCatalogue, Recommender, UnknownItem, load_run_config
 from cemg.data.dataset import InteractionDataset
@@ -129,6 +130,20 @@ def test_a_config_yaml_newer_than_a_stage_is_flagged(tiny_run, tmp_path, caplog)
         assert load_run_config(run).generator.causal.hidden == 32
     assert "stage 'generator' was built with other generator settings" in caplog.text
     assert "stage 'tokenizer'" not in caplog.text
+
+
+def test_a_changed_content_prior_is_not_a_stage_mismatch(tiny_run, tmp_path, caplog):
+    # The prior acts at inference: `cemg run --set generator.content_prior.weight=W` reuses the
+    # generator (its manifest still records the old weight) and re-runs only the evaluation.
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["generator"]["content_prior"]["weight"] == 0
+    cfg["generator"]["content_prior"]["weight"] = 2.0
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with caplog.at_level("WARNING", logger="cemg.run_folder"):
+        assert load_run_config(run).generator.content_prior.weight == 2.0
+    assert "built with other" not in caplog.text
 
 
 def test_missing_stages_are_named(tiny_run, tmp_path):

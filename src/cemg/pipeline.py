@@ -33,7 +33,8 @@ from cemg.artifacts import atomic_dir, atomic_write_text, fingerprint, is_fresh,
 from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import CEMGConfig, resolve_device
 from cemg.evaluation.protocol import RunEvaluation, evaluate
-from cemg.run_folder import CONFIG_FILE, SEEDED_STAGES, SEEDS_FILE, SHARED_STAGES, STAGES, RunFolder, write_seeds
+from cemg.run_folder import (CONFIG_FILE, INFERENCE_ONLY, SEEDED_STAGES, SEEDS_FILE, SHARED_STAGES, STAGES, RunFolder,
+                             write_seeds)
 
 # RunEvaluation, STAGES and CONFIG_FILE are imported from here by older scripts; they live in
 # cemg.evaluation.protocol and cemg.run_folder so that reading a run never needs the runner.
@@ -221,7 +222,7 @@ def run_pipeline(
     family = backbone_family(cfg.generator.backbone)
     reads_content = family == "causal" and cfg.generator.causal.content_features
     # generator.content_prior acts at inference only: the evaluation's hash holds it.
-    later: dict[str, Any] = {"content_prior": True}
+    later: dict[str, Any] = {key: True for key in INFERENCE_ONLY["generator"]}
     if family != "t5-decoder":
         later["t5_decoder"] = True
     if not cfg.generator.causal.content_features:

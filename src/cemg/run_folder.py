@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 SHARED_STAGES = ("data", "features", "collab")
 SEEDED_STAGES = ("tokenizer", "generator", "evaluation")
 STAGES = SHARED_STAGES + SEEDED_STAGES
+# Settings a stage's section holds that act after the stage, at inference: the stage does not depend
+# on them (its input hash leaves them out; the evaluation's holds them), so a run that changes them
+# reuses the stage and its recorded values are not a mismatch.
+INFERENCE_ONLY: dict[str, tuple[str, ...]] = {"generator": ("content_prior",)}
 # The manifests hold only each stage's own section; cemg.api, `cemg serve` and `cemg report` need
 # the whole config.
 CONFIG_FILE = "config.yaml"
@@ -234,6 +238,8 @@ def load_run_config(run_dir: Path | str) -> CEMGConfig:
         # that a later, shorter call (e.g. `--until tokenizer` with other settings) did not rebuild.
         for name in STAGES:
             recorded = (read_manifest(root.stage(name)) or {}).get("config")
+            if recorded is not None:
+                recorded = {k: v for k, v in recorded.items() if k not in INFERENCE_ONLY.get(name, ())}
             current = getattr(cfg, name).model_dump(mode="json")
             if recorded is not None and _differs(current, recorded):
                 log.warning("%s: stage %r was built with other %s settings than %s records",
