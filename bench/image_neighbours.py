@@ -15,6 +15,10 @@ The vectors are the features stage's (after PCA to features.dim, centred): the s
 encoder outputs. A user whose last item lacks the modality gets no list (a miss), and items lacking
 it are never ranked; both are counted in the output.
 
+"overlap" says whether the image finds next items the text does not: per K, how many users each
+single-modality list hits, how many both hit, and HR@K of "either list hits" (an upper bound on
+what any way of combining the two neighbour lists could reach).
+
 Writes bench/results/image_neighbours_<run folder name>.json, with the command.
 """
 
@@ -77,6 +81,7 @@ def neighbour_metrics(run_dir: Path, part: str = "test") -> dict:
         "chance": {f"HR@{k}": round(k / dataset.n_items, 5) for k in cfg.evaluation.ks},
         "modalities": {},
     }
+    ranks = {}
     for name in ("image", "text", "content"):
         if name == "content":
             # What a content-reading generator and the content prior see (ItemFeatures.content_matrix:
@@ -95,6 +100,7 @@ def neighbour_metrics(run_dir: Path, part: str = "test") -> dict:
                 continue
         start = time.perf_counter()
         result = evaluate(ContentNeighbours(vectors, mask), split, part, cfg.evaluation)
+        ranks[name] = result.ranks
         out["modalities"][name] = {
             "encoder": info.get("model"),
             "dim": int(vectors.shape[1]),
@@ -106,6 +112,20 @@ def neighbour_metrics(run_dir: Path, part: str = "test") -> dict:
             "targets_lacking_it": int((~mask[examples.targets]).sum()),
             "seconds": round(time.perf_counter() - start, 2),
         }
+    if "image" in ranks and "text" in ranks:
+        out["overlap"] = modality_overlap(ranks["image"], ranks["text"], cfg.evaluation.ks)
+    return out
+
+
+def modality_overlap(image_ranks: np.ndarray, text_ranks: np.ndarray, ks) -> dict:
+    """Per K: users whose target the image list / the text list / both / either hit (ranks are
+    0-based, NOT_RANKED beyond the list), and HR@K of the either-hit union."""
+    out = {}
+    for k in ks:
+        image, text = image_ranks < k, text_ranks < k
+        out[f"@{k}"] = {"image_hits": int(image.sum()), "text_hits": int(text.sum()),
+                        "both": int((image & text).sum()), "image_only": int((image & ~text).sum()),
+                        "either_HR": round(float((image | text).mean()), 5)}
     return out
 
 
@@ -125,6 +145,8 @@ def main(argv: list[str] | None = None) -> Path:
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     for name, row in result["modalities"].items():
         print(f"{name:6s}", json.dumps(row.get("metrics", row)))
+    if "overlap" in result:
+        print("overlap", json.dumps(result["overlap"]))
     print(f"chance {json.dumps(result['chance'])}; written to {out}")
     return out
 

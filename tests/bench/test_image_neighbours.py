@@ -64,6 +64,9 @@ def test_the_next_item_is_the_nearest_unseen_image_neighbour(bench, ring_run, tm
     content = record["modalities"]["content"]  # the image half still finds the ring's neighbours
     assert content["items_with_vector"] == 12 and content["dim"] == 6
     assert content["metrics"]["HR@10"] >= text["metrics"]["HR@10"]
+    overlap = record["overlap"]["@10"]  # every user is an image hit; the union is all of them
+    assert overlap["image_hits"] == 24 and overlap["either_HR"] == 1.0
+    assert overlap["both"] == overlap["text_hits"] and overlap["image_only"] == 24 - overlap["text_hits"]
 
 
 def test_no_list_without_a_vector_and_nothing_seen_is_recommended(bench):
