@@ -67,3 +67,30 @@ def test_a_failed_build_keeps_the_previous_artifact(tmp_path):
         raise RuntimeError("writer failed")
     assert (tmp_path / "f.bin").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin", "stage"]  # no temp left behind
+
+
+def test_a_source_digest_follows_content_not_mtime_and_is_remembered(tmp_path, monkeypatch):
+    import cemg.artifacts as artifacts
+    from cemg.artifacts import source_digest
+
+    data, images, memo = tmp_path / "ratings.txt", tmp_path / "images", tmp_path / "cache" / "digests.json"
+    data.write_text("u1 i1 i2\n")
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"\xff\xd8one")
+    (images / "sub").mkdir()
+    (images / "sub" / "b.jpg").write_bytes(b"\xff\xd8two")
+    before = source_digest(data, memo), source_digest(images, memo)
+    # re-provisioned: the same bytes with new mtimes keep the digest (read again, once)
+    for path in (data, images / "a.jpg", images / "sub" / "b.jpg"):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    assert (source_digest(data, memo), source_digest(images, memo)) == before
+    reads = []
+    monkeypatch.setattr(artifacts, "file_digest", lambda path, *a: reads.append(path) or "x")
+    assert (source_digest(data, memo), source_digest(images, memo)) == before and reads == []  # remembered
+    monkeypatch.undo()
+    # new content changes it, in a file or anywhere under a folder (a renamed image too)
+    data.write_text("u1 i1 i3\n")
+    (images / "sub" / "b.jpg").rename(images / "sub" / "c.jpg")
+    after = source_digest(data, memo), source_digest(images, memo)
+    assert after[0] != before[0] and after[1] != before[1]
+    assert source_digest(data) == after[0]  # without a memo: the same value

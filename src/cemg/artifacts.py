@@ -35,6 +35,42 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+SOURCE_DIGESTS = "source_digests.json"  # the memo of source_digest, in a run's cache_dir
+
+
+def source_digest(path: Path, memo: Path | None = None) -> str:
+    """The content of a raw data file or folder (every file under it, by relative path), as a sha256.
+
+    A content hash, not size and mtime: a copied, restored or re-provisioned dataset keeps its digest,
+    so runs built on it stay valid. `memo` (a JSON file) remembers digests by path, size, mtime,
+    ctime and inode, so an untouched source is read once, not on every run.
+    """
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(str(f.relative_to(path)) if path.is_dir() else "", f.stat()) for f in files]
+    # ctime too: any write or utime moves it, so a same-size edit that restores the mtime is seen.
+    key = fingerprint(str(path), [(name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for name, st in stats])
+    known = _read_memo(memo)
+    if key in known:
+        return known[key]
+    if path.is_dir():
+        digest = fingerprint([(name, file_digest(f)) for (name, _), f in zip(stats, files)])
+    else:
+        digest = file_digest(path)
+    if memo is not None:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next run a re-read
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(memo, json.dumps({**_read_memo(memo), key: digest}, indent=0, sort_keys=True))
+    return digest
+
+
+def _read_memo(memo: Path | None) -> dict[str, str]:
+    try:
+        return json.loads(memo.read_text(encoding="utf-8")) if memo is not None else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _versions() -> dict[str, str]:
     import numpy
     import torch

@@ -29,7 +29,8 @@ from typing import Any
 import yaml
 
 from cemg import distributed
-from cemg.artifacts import atomic_dir, atomic_write_text, fingerprint, is_fresh, read_manifest, write_manifest
+from cemg.artifacts import (SOURCE_DIGESTS, atomic_dir, atomic_write_text, fingerprint, is_fresh, read_manifest, source_digest,
+                            write_manifest)
 from cemg.checkpoint import TrainingCheckpoint
 from cemg.config import CEMGConfig, resolve_device
 from cemg.evaluation.protocol import RunEvaluation, evaluate
@@ -62,14 +63,12 @@ class RunResult:
 
 
 def _data_source_digest(cfg: CEMGConfig) -> list[Any]:
-    # Size and mtime stand in for content: hashing gigabytes of images on every run would cost
-    # more than the stages it lets us skip.
-    parts: list[Any] = []
-    for path in (cfg.data.path, cfg.data.items_path, cfg.data.image_root):
-        if path is not None and Path(path).exists():
-            st = Path(path).stat()
-            parts.append([str(path), st.st_size, int(st.st_mtime)])
-    return parts
+    # By content, remembered by file stats in the cache folder: a dataset copied or restored
+    # with new mtimes keeps every stage built on it (size and mtime alone rebuilt them all).
+    memo = Path(cfg.cache_dir) / SOURCE_DIGESTS
+    return [[str(path), source_digest(Path(path), memo)]
+            for path in (cfg.data.path, cfg.data.items_path, cfg.data.image_root)
+            if path is not None and Path(path).exists()]
 
 
 def _stage(
@@ -246,8 +245,10 @@ def run_pipeline(
         return result
 
     prior = cfg.generator.content_prior
+    # image_weight was added after runs were evaluated: left out at its default, as above.
+    prior_section = prior.model_dump(mode="json", exclude={"image_weight"} if prior.image_weight == 1.0 else None)
     h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
-                         *([dump(prior), h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))
+                         *([prior_section, h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))
     _stage(
         result, "evaluation", h_eval,
         lambda: RunEvaluation({part: evaluate(ranker, split, part, cfg.evaluation) for part in ("valid", "test")}),

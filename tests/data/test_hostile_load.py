@@ -127,6 +127,26 @@ def test_failing_rerun_keeps_the_last_good_data_artifact(tmp_path):
     assert InteractionDataset.load(folder).user_keys == ["1", "2", "3"]
 
 
+def test_the_data_stage_follows_the_file_content_not_its_mtime(tmp_path):
+    import os
+
+    from cemg.pipeline import run_pipeline
+
+    seq = tmp_path / "seq.txt"
+    seq.write_text(GOOD["s3rec"][1], encoding="utf-8")
+    cfg = CEMGConfig(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
+                     data=DataConfig(format="s3rec", path=seq, min_core=0, text_fields=[]))
+    run_pipeline(cfg, stop_after="data")
+    manifest = tmp_path / "run" / "data" / "manifest.json"
+    built = manifest.read_text()
+    os.utime(seq, ns=(10**18, 10**18))  # a restored copy: same bytes, new mtime
+    run_pipeline(cfg, stop_after="data")
+    assert manifest.read_text() == built
+    seq.write_text(GOOD["s3rec"][1].replace("1", "4", 1), encoding="utf-8")  # same size, new content
+    os.utime(seq, ns=(10**18, 10**18))
+    assert run_pipeline(cfg, stop_after="data").hashes["data"] != json.loads(built)["inputs_hash"]
+
+
 def test_cli_reports_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
     from cemg import cli
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from cemg.artifacts import atomic_dir, fingerprint, write_manifest
+from cemg.artifacts import SOURCE_DIGESTS, atomic_dir, fingerprint, source_digest, write_manifest
 from cemg.config import CEMGConfig, resolve_device
 from cemg.data.dataset import InteractionDataset
 from cemg.features.artifact import ItemFeatures
@@ -83,19 +83,19 @@ def _reduce(encoded, name: str, cfg: CEMGConfig):
 def features_inputs_hash(dataset: InteractionDataset, cfg: CEMGConfig) -> str:
     """Everything the features depend on: item texts and image refs, the image root's identity,
     the feature settings, the text fields and the seed (PCA)."""
+    # Files by content (cemg.artifacts.source_digest): a restored copy with new mtimes keeps the hash.
+    memo = Path(cfg.cache_dir) / SOURCE_DIGESTS
     root = dataset.image_root
     root_id = None
     if root is not None and Path(root).is_file():
-        stat = Path(root).stat()
-        root_id = [str(root), stat.st_size, int(stat.st_mtime)]
+        root_id = [str(root), source_digest(Path(root), memo)]
     elif root is not None:
         root_id = [str(root)]
     section = cfg.features.model_dump()
     weights = section.pop("image_weights")  # left out when unset, so runs made before it keep their hash
     extra = []
-    if weights is not None:
-        stat = Path(weights).stat() if Path(weights).is_file() else None  # a file replaced under the same name
-        extra = [str(weights), None if stat is None else [stat.st_size, int(stat.st_mtime)]]
+    if weights is not None:  # a file replaced under the same name changes the hash
+        extra = [str(weights), source_digest(Path(weights), memo) if Path(weights).is_file() else None]
     items = dataset.items
     texts = [items.text(i, cfg.data.text_fields) for i in range(len(items))]
     return fingerprint(STAGE, texts, items.image_refs, root_id, section, cfg.seed, *extra)
