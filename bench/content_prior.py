@@ -1,12 +1,14 @@
 """Choose generator.content_prior.weight on validation (every validation user, every seed of a run).
 
     python bench/content_prior.py runs/beauty --seeds 42,43,44 --weights 0,1,2,3,5,8
+    python bench/content_prior.py runs/toys --weights 5,8,12 --image-weight 0.5   # image block scaled
 
 For each seed of a finished causal semantic run, the trained generator (not retrained) ranks the
 validation users' next items with the content prior at each weight (cemg.generator.content_prior);
 weight 0 is the re-ranked beam alone. Test is not read. Writes
-bench/results/content_prior_<run name>.json: per seed and weight the validation metrics (all users
-and cold-start targets), the mean over seeds, and the weight with the best mean NDCG@10. Seeds
+bench/results/content_prior_<run name>.json (content_prior_<run name>-image<a>.json with
+--image-weight a, generator.content_prior.image_weight): per seed and weight the validation metrics
+(all users and cold-start targets), the mean over seeds, and the weight with the best mean NDCG@10. Seeds
 already in that file from an invocation with the same grid are kept, so seeds can be measured by
 separate processes (each command is listed).
 """
@@ -31,7 +33,8 @@ from cemg.artifacts import atomic_write_text  # noqa: E402
 
 def merge(earlier: dict, now: dict) -> dict:
     """`now` plus the seeds of `earlier` it did not measure, when both used the same grid."""
-    if (earlier.get("weights"), earlier.get("candidates")) != (now["weights"], now["candidates"]):
+    grid = ("weights", "candidates", "image_weight")
+    if [earlier.get(key, 1.0 if key == "image_weight" else None) for key in grid] != [now[key] for key in grid]:
         return now
     per_seed = {**earlier["per_seed"], **now["per_seed"]}
     commands = [*earlier.get("commands", [earlier["command"]]), now["command"]]
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="42")
     parser.add_argument("--weights", default="0,1,2,3,5,8")
     parser.add_argument("--candidates", type=int, default=50)
+    parser.add_argument("--image-weight", type=float, default=1.0,
+                        help="generator.content_prior.image_weight: the image block's scale in the content vector")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     from cemg.api import load_generator
@@ -63,7 +68,7 @@ def main() -> None:
     from cemg.evaluation.metrics import summarize, target_ranks
     from cemg.evaluation.protocol import prior_items
     from cemg.features.artifact import ItemFeatures
-    from cemg.generator.content_prior import ContentPriorRecommender, rank_candidates
+    from cemg.generator.content_prior import ContentPriorRecommender, content_column_scale, rank_candidates
     from cemg.run_folder import RunFolder, load_run_config
 
     cfg = load_run_config(args.run)
@@ -71,16 +76,20 @@ def main() -> None:
     weights = [float(w) for w in args.weights.split(",")]
     ks = list(cfg.evaluation.ks)
     result = {"command": "python " + " ".join(["bench/content_prior.py", *sys.argv[1:]]), "machine": machine(),
-              "run": str(args.run), "candidates": args.candidates, "weights": weights, "per_seed": {}}
+              "run": str(args.run), "candidates": args.candidates, "image_weight": args.image_weight,
+              "weights": weights, "per_seed": {}}
     plain = cfg.model_copy(update={"generator": cfg.generator.model_copy(
         update={"content_prior": cfg.generator.content_prior.model_copy(update={"weight": 0.0})})})
     for seed in seeds:
         start = time.perf_counter()
         folder = RunFolder.open(args.run, seed)
         split = leave_one_out(InteractionDataset.load(folder.stage("data")), cfg.data.max_history)
-        content = ItemFeatures.load(folder.stage("features")).content_matrix(cfg.tokenizer.content_modalities)
+        features = ItemFeatures.load(folder.stage("features"))
+        modalities = cfg.tokenizer.content_modalities
+        scale = content_column_scale(features, modalities, args.image_weight)
         # The same candidates serve every weight: beam search and exact scoring run once.
-        prior = ContentPriorRecommender(load_generator(folder, plain, "cpu"), content, 0.0, args.candidates)
+        prior = ContentPriorRecommender(load_generator(folder, plain, "cpu"), features.content_matrix(modalities),
+                                        0.0, args.candidates, scale)
         valid = split.part("valid")
         exclude = prior_items(split, "valid") if cfg.evaluation.mask_history else None
         lists: dict[float, list[np.ndarray]] = {w: [] for w in weights}
@@ -103,7 +112,8 @@ def main() -> None:
                   f"HR@10 {rows[str(w)]['valid']['HR@10']:.4f} cold HR@10 {rows[str(w)]['valid_cold']['HR@10']:.4f}",
                   flush=True)
         result["per_seed"][str(seed)] = {"weights": rows, "seconds": round(time.perf_counter() - start, 1)}
-    out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.run.name}.json"
+    suffix = "" if args.image_weight == 1.0 else f"-image{args.image_weight:g}"
+    out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.run.name}{suffix}.json"
     if out.is_file():  # seeds measured by an earlier invocation with the same grid stay
         result = merge(json.loads(out.read_text(encoding="utf-8")), result)
     summarise(result)

@@ -224,6 +224,9 @@ class ContentPriorConfig(_Section):
 
     weight: float = 0.0  # 0: off (plain beam search)
     candidates: int = 50  # re-ranked per user: the beam's top this many and the last item's nearest this many
+    # The image block's scale in the content vector the cosine reads (1: text and image count alike;
+    # 0: text only). Runs made before it existed have 1.
+    image_weight: float = Field(default=1.0, ge=0.0)
 
 
 class GeneratorConfig(_Section):

@@ -34,3 +34,27 @@ def test_sweep_scores_every_weight_on_validation_and_picks_the_best_mean(tiny_ru
     direct = evaluate(ContentPriorRecommender(load_generator(folder, cfg, "cpu"), content, 4.0, 6), split, "valid",
                       cfg.evaluation)
     assert rows["4.0"]["valid"] == direct.metrics
+
+
+def test_an_image_weight_sweep_matches_the_configured_prior(tiny_run, tmp_path):
+    from cemg.api import load_generator
+    from cemg.data.dataset import InteractionDataset
+    from cemg.data.split import leave_one_out
+    from cemg.evaluation.protocol import evaluate
+    from cemg.run_folder import RunFolder, load_run_config
+
+    cfg = load_run_config(tiny_run)
+    assert "image" in cfg.tokenizer.content_modalities  # the demo has images: the weight acts
+    out = tmp_path / "sweep.json"
+    subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), "--seeds", "42", "--weights", "4",
+                    "--candidates", "6", "--image-weight", "0.5", "--out", str(out)], check=True,
+                   capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert result["image_weight"] == 0.5
+    prior = cfg.generator.content_prior.model_copy(update={"weight": 4.0, "candidates": 6, "image_weight": 0.5})
+    cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"content_prior": prior})})
+    folder = RunFolder.open(tiny_run, 42)
+    split = leave_one_out(InteractionDataset.load(folder.stage("data")), cfg.data.max_history)
+    ranker = load_generator(folder, cfg, "cpu")  # under the configured prior, as `cemg run` ranks
+    assert ranker.info["content_prior"]["column_scales"] == [0.5, 1.0]
+    assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics

@@ -83,6 +83,30 @@ def test_added_items_need_their_content(generator):
     assert generator.n_items in set(wider.recommend([np.array([0])], wider.n_items)[0].tolist())
 
 
+def test_the_image_weight_scales_the_image_block_of_the_cosine_also_for_added_items(generator):
+    from cemg.features.artifact import ItemFeatures
+    from cemg.generator.content_prior import content_column_scale
+
+    n, rng = generator.n_items, np.random.default_rng(7)
+    text, image = rng.normal(size=(n + 1, 3)).astype(np.float32), rng.normal(size=(n + 1, 2)).astype(np.float32)
+    features = ItemFeatures(n + 1, text, np.ones(n + 1, bool), image, np.ones(n + 1, bool), {})
+    content = features.content_matrix(("text", "image"))  # the last row plays an added item
+    assert content_column_scale(features, ("text", "image"), 1.0) is None
+    assert content_column_scale(features, ("text",), 0.5) is None
+    scale = content_column_scale(features, ("text", "image"), 0.5)
+    assert scale.tolist() == [1, 1, 1, 0.5, 0.5]
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in [4, 4, 3]], indexing="ij"), -1).reshape(-1, 3)
+    unused = [row for row in grid.tolist() if row not in generator.semantic_ids.codes.tolist()][:1]
+    wider_ids = SemanticIds(np.concatenate([generator.semantic_ids.codes, unused]), [4, 4, 3])
+    prior = ContentPriorRecommender(generator, content[:n], 1.0, 5, scale).with_catalogue(wider_ids, content[n:])
+    cos = prior.content @ prior.content.T
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    t, i = unit(text), unit(image)
+    want = (t @ t.T + 0.25 * (i @ i.T)) / 1.25  # (cos_t + a^2 cos_i) / (1 + a^2)
+    np.testing.assert_allclose(cos.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert prior.info["content_prior"]["column_scales"] == [0.5, 1.0]
+
+
 def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny_run, tmp_path):
     import json
     import shutil

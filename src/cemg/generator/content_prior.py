@@ -13,6 +13,11 @@ re-ranks a candidate set per user: the beam's top `candidates` and the last item
 nearest content neighbours, excluded items removed, each scored exactly
 (CausalSemanticModel.pair_log_probs, the score beam search ranks by). With weight 0 that is the
 beam's order, except where a content neighbour the (approximate) beam missed scores higher.
+
+`image_weight` scales the image block of the content vector before the cosine: with unit text and
+image blocks t, i the cosine is (cos_t + a^2 cos_i) / (1 + a^2) for items that have both. On Toys the
+image's neighbours find next items the text's miss, but an even average gives up text hits for
+them; a weight below 1 kept more of both (docs/results.md, "Toys: what each modality carries").
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ class ContentPriorRecommender:
     """A trained causal generator (semantic mode) whose rankings take the content prior; the same
     recommend / with_catalogue surface as the generator itself."""
 
-    def __init__(self, generator, content: np.ndarray, weight: float, candidates: int = 50):
+    def __init__(self, generator, content: np.ndarray, weight: float, candidates: int = 50,
+                 column_scale: np.ndarray | None = None):
+        """`content` (items, c): ItemFeatures.content_matrix rows, as the items bring them;
+        `column_scale` (c,): a factor per column applied before the rows are scaled to unit length
+        (the image weight; None: all 1)."""
         if not hasattr(getattr(generator, "model", None), "pair_log_probs"):
             raise ValueError("generator.content_prior needs the causal backbone (it scores given items exactly)")
         if len(content) != generator.n_items:
@@ -45,7 +54,12 @@ class ContentPriorRecommender:
             raise ValueError(f"generator.content_prior.candidates must be at least 1, got {candidates}")
         self.generator = generator
         self.weight, self.candidates = float(weight), int(candidates)
-        self.content = _unit_rows(content).to(generator.device)
+        self.source = np.asarray(content, dtype=np.float32)  # unscaled: what added items extend
+        self.column_scale = None if column_scale is None else np.asarray(column_scale, dtype=np.float32)
+        if self.column_scale is not None and self.column_scale.shape != (self.source.shape[1],):
+            raise ValueError(f"{self.column_scale.shape} column scales for content of width {self.source.shape[1]}")
+        scaled = self.source if self.column_scale is None else self.source * self.column_scale
+        self.content = _unit_rows(scaled).to(generator.device)
 
     # What the API and evaluation read off a generator.
     @property
@@ -66,8 +80,10 @@ class ContentPriorRecommender:
 
     @property
     def info(self) -> dict:
-        return {**(self.generator.info or {}),
-                "content_prior": {"weight": self.weight, "candidates": self.candidates}}
+        prior = {"weight": self.weight, "candidates": self.candidates}
+        if self.column_scale is not None:
+            prior["column_scales"] = sorted({float(x) for x in self.column_scale})
+        return {**(self.generator.info or {}), "content_prior": prior}
 
     def with_catalogue(self, semantic_ids: SemanticIds, added_content: np.ndarray | None = None):
         n_added = semantic_ids.n_items - self.n_items
@@ -75,9 +91,9 @@ class ContentPriorRecommender:
                 n_added and added_content.shape[1] != self.content.shape[1]):
             raise ValueError(f"the content prior needs the {n_added} added items' content vectors of width "
                              f"{self.content.shape[1]} (items added before content was kept: add them again)")
-        content = np.concatenate([self.content.cpu().numpy(), np.asarray(added_content, np.float32)])
+        content = np.concatenate([self.source, np.asarray(added_content, np.float32)])
         return ContentPriorRecommender(self.generator.with_catalogue(semantic_ids, added_content), content,
-                                       self.weight, self.candidates)
+                                       self.weight, self.candidates, self.column_scale)
 
     @torch.no_grad()
     def recommend_with_scores(
@@ -141,5 +157,17 @@ def with_content_prior(generator, cfg, features):
     prior = cfg.generator.content_prior
     if not prior.weight:
         return generator
-    return ContentPriorRecommender(generator, features.content_matrix(cfg.tokenizer.content_modalities),
-                                   prior.weight, prior.candidates)
+    content = features.content_matrix(cfg.tokenizer.content_modalities)
+    return ContentPriorRecommender(generator, content, prior.weight, prior.candidates,
+                                   content_column_scale(features, cfg.tokenizer.content_modalities, prior.image_weight))
+
+
+def content_column_scale(features, modalities, image_weight: float) -> np.ndarray | None:
+    """Per column of features.content_matrix(modalities): `image_weight` on the image block, 1 on
+    the text's; None when that changes nothing."""
+    if image_weight == 1.0 or "image" not in modalities or features.image is None:
+        return None
+    width = features.content_matrix(modalities).shape[1]
+    scale = np.ones(width, dtype=np.float32)
+    scale[width - features.image.shape[1]:] = image_weight  # content_matrix puts the image block last
+    return scale
