@@ -56,5 +56,5 @@ def test_an_image_weight_sweep_matches_the_configured_prior(tiny_run, tmp_path):
     folder = RunFolder.open(tiny_run, 42)
     split = leave_one_out(InteractionDataset.load(folder.stage("data")), cfg.data.max_history)
     ranker = load_generator(folder, cfg, "cpu")  # under the configured prior, as `cemg run` ranks
-    assert ranker.info["content_prior"]["column_scales"] == [0.5, 1.0]
+    assert ranker.info["content_prior"]["image_weight"] == 0.5
     assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics

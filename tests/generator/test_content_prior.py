@@ -104,7 +104,10 @@ def test_the_image_weight_scales_the_image_block_of_the_cosine_also_for_added_it
     t, i = unit(text), unit(image)
     want = (t @ t.T + 0.25 * (i @ i.T)) / 1.25  # (cos_t + a^2 cos_i) / (1 + a^2)
     np.testing.assert_allclose(cos.numpy(), want, rtol=1e-5, atol=1e-5)
-    assert prior.info["content_prior"]["column_scales"] == [0.5, 1.0]
+    assert prior.info["content_prior"]["image_weight"] == 0.5
+    from cemg.generator.recommender import describe_generator
+
+    assert describe_generator({"backbone": "causal"}, False, 8, 0.5).endswith("content prior weight 8 (image block x 0.5)")
 
 
 def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny_run, tmp_path):

@@ -81,8 +81,9 @@ class ContentPriorRecommender:
     @property
     def info(self) -> dict:
         prior = {"weight": self.weight, "candidates": self.candidates}
-        if self.column_scale is not None:
-            prior["column_scales"] = sorted({float(x) for x in self.column_scale})
+        scales = set() if self.column_scale is None else {float(x) for x in self.column_scale} - {1.0}
+        if len(scales) == 1:  # the only scaled block is the image's (content_column_scale)
+            prior["image_weight"] = scales.pop()
         return {**(self.generator.info or {}), "content_prior": prior}
 
     def with_catalogue(self, semantic_ids: SemanticIds, added_content: np.ndarray | None = None):

@@ -92,7 +92,9 @@ def _overview(c: RunContent) -> Section:
                                          f"fusion: {inputs.get('fusion', 'attention')})"])
     if c.generator_info:
         g = c.generator_info
-        rows.append(["generator", describe_generator(g, g.get("reads_content", False), cfg.generator.content_prior.weight)
+        prior = cfg.generator.content_prior
+        image_weight = prior.image_weight if "image" in cfg.tokenizer.content_modalities else 1.0
+        rows.append(["generator", describe_generator(g, g.get("reads_content", False), prior.weight, image_weight)
                      + f", beam {cfg.generator.beams}"])
     rows.append(["report written", time.strftime("%Y-%m-%d %H:%M")])
     return Section("Overview", [Table(["", ""], rows)])
