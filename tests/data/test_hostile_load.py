@@ -108,7 +108,8 @@ def test_image_map_of_any_json(tmp_path, refs, template):
 # --- no lost or half-written artifact -----------------------------------------------------------
 
 
-def test_failing_rerun_keeps_the_last_good_data_artifact(tmp_path):
+def _built_s3rec_run(tmp_path):
+    """A run whose data stage is built from a good S3-Rec file: (the file, the config)."""
     from cemg.pipeline import run_pipeline
 
     seq = tmp_path / "seq.txt"
@@ -116,6 +117,13 @@ def test_failing_rerun_keeps_the_last_good_data_artifact(tmp_path):
     cfg = CEMGConfig(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
                      data=DataConfig(format="s3rec", path=seq, min_core=0, text_fields=[]))
     run_pipeline(cfg, stop_after="data")
+    return seq, cfg
+
+
+def test_failing_rerun_keeps_the_last_good_data_artifact(tmp_path):
+    from cemg.pipeline import run_pipeline
+
+    seq, cfg = _built_s3rec_run(tmp_path)
     folder = tmp_path / "run" / "data"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -132,11 +140,7 @@ def test_the_data_stage_follows_the_file_content_not_its_mtime(tmp_path):
 
     from cemg.pipeline import run_pipeline
 
-    seq = tmp_path / "seq.txt"
-    seq.write_text(GOOD["s3rec"][1], encoding="utf-8")
-    cfg = CEMGConfig(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
-                     data=DataConfig(format="s3rec", path=seq, min_core=0, text_fields=[]))
-    run_pipeline(cfg, stop_after="data")
+    seq, cfg = _built_s3rec_run(tmp_path)
     manifest = tmp_path / "run" / "data" / "manifest.json"
     built = manifest.read_text()
     os.utime(seq, ns=(10**18, 10**18))  # a restored copy: same bytes, new mtime
