@@ -26,7 +26,8 @@ TOYS = Tables(
     n_items="11,924",
     docs_section="## Toys: overall and cold start",
     rows={
-        "semantic": Row("CEMG (image + text + collab ids), semantic generator (default)"),
+        "semantic": Row("CEMG (image + text + collab ids), semantic generator (default: codes and item "
+                        "content, content prior; no per-item parameter)"),
         "hybrid": Row("CEMG ids, hybrid generator (per-item vectors; beyond the paper)",
                       ("generator.mode=hybrid", "run_dir=runs/toys-hybrid"), ALL + ("tokenizer",), True),
         "no_image": Row("CEMG without image, semantic generator",
