@@ -168,7 +168,6 @@ def content_column_scale(features, modalities, image_weight: float) -> np.ndarra
     the text's; None when that changes nothing."""
     if image_weight == 1.0 or "image" not in modalities or features.image is None:
         return None
-    width = features.content_matrix(modalities).shape[1]
-    scale = np.ones(width, dtype=np.float32)
-    scale[width - features.image.shape[1]:] = image_weight  # content_matrix puts the image block last
-    return scale
+    text_width = features.text.shape[1] if "text" in modalities and features.text is not None else 0
+    # content_matrix puts the text block first and the image block last
+    return np.concatenate([np.ones(text_width, np.float32), np.full(features.image.shape[1], image_weight, np.float32)])
