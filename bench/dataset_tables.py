@@ -10,6 +10,10 @@ Baselines are `cemg baseline NAME --set seed=S`, one folder per seed.
 Each row reports mean ± std over its seeds of the test metrics (all users and the cold-start
 targets, <= 5 training interactions); the semantic mode is compared with every other row by a
 paired test across seeds and across users (cemg.evaluation.seeds.compare_seeds).
+
+Every seed collected from a run folder is also kept in bench/results/per_user (bench/kept_results.py),
+and a seed whose run folder is gone is read from there: a table's rows can be trained in different
+sessions. A row with fewer seeds than the earlier JSON has keeps the earlier row.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from kept_results import with_kept  # noqa: E402
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.evaluation.protocol import EvalResult  # noqa: E402
 from cemg.evaluation.seeds import compare_seeds  # noqa: E402
@@ -151,9 +156,29 @@ def seed_results(run_dir: Path, seeds: tuple[int, ...] | list[int]) -> dict[int,
     return out
 
 
+def evaluation_hashes(run_dir: Path, seeds) -> dict[int, str | None]:
+    """The input hash of each seed's evaluation stage (what a kept copy of its results records)."""
+    out = {}
+    for seed in seeds:
+        try:
+            manifest = RunFolder.open(run_dir, seed).stage("evaluation") / "manifest.json"
+        except FileNotFoundError:
+            continue
+        out[seed] = json.loads(manifest.read_text(encoding="utf-8")).get("inputs_hash") if manifest.is_file() else None
+    return out
+
+
 def seed_results_of_row(tables: Tables, name: str) -> dict[int, dict[str, EvalResult]] | None:
-    row = tables.rows[name]
-    return seed_results(ROOT / tables.run_dir(row), row.seeds) or None
+    """The row's finished seeds: from its run folder, else as bench/results/per_user kept them."""
+    row, run_dir = tables.rows[name], ROOT / tables.run_dir(tables.rows[name])
+    from_runs = seed_results(run_dir, row.seeds)
+    return with_kept(tables.dataset, name, row.seeds, from_runs, " ".join(tables.command(row)),
+                     evaluation_hashes(run_dir, from_runs)) or None
+
+
+def baseline_command(tables: Tables, name: str) -> str:
+    return (f"cemg baseline {name} --config {tables.config} --set seed=S "
+            f"--set run_dir={tables.baseline_folder(name, 0).parent}/seed-S")
 
 
 def baseline_seed_results(tables: Tables, name: str) -> dict[int, dict[str, EvalResult]]:
@@ -162,7 +187,7 @@ def baseline_seed_results(tables: Tables, name: str) -> dict[int, dict[str, Eval
         folder = ROOT / tables.baseline_folder(name, seed) / "baselines" / name
         if (folder / "test.json").is_file():
             out[seed] = {part: EvalResult.load(folder, part) for part in ("valid", "test")}
-    return out
+    return with_kept(tables.dataset, name, tables.baselines[name].seeds, out, baseline_command(tables, name))
 
 
 def summary(per_seed: dict[int, dict[str, EvalResult]]) -> dict:
@@ -275,6 +300,7 @@ def main(tables: Tables, doc: str) -> None:
                 for seed in tables.baselines[name].seeds:
                     train_baseline(tables, name, seed)
 
+    earlier_rows = json.loads(tables.results.read_text(encoding="utf-8")).get("rows", {}) if tables.results.is_file() else {}
     per_row, rows = {}, {}
     for name in args.rows:
         if name in tables.rows:
@@ -282,10 +308,13 @@ def main(tables: Tables, doc: str) -> None:
             label, command = row.label, " ".join(tables.command(row))
         else:
             results, label = baseline_seed_results(tables, name) or None, tables.baselines[name].label
-            command = (f"cemg baseline {name} --config {tables.config} --set seed=S "
-                       f"--set run_dir={tables.baseline_folder(name, 0).parent}/seed-S")
+            command = baseline_command(tables, name)
         if results is None:
             log.warning("%s: no finished seeds", name)
+            continue
+        if len(results) < len(earlier_rows.get(name, {}).get("seeds", ())):
+            log.warning("%s: only seeds %s are here, the earlier table had %s; keeping the earlier row",
+                        name, sorted(results), earlier_rows[name]["seeds"])
             continue
         per_row[name] = results
         rows[name] = {"label": label, "command": command, **summary(results)}

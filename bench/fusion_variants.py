@@ -21,7 +21,9 @@ finished base run, the first variant builds the shared stages and the others cop
 Reports test HR@5/10 and NDCG@5/10 (all users and cold-start targets, <= 5 training interactions)
 as mean ± std over the seeds, and each variant against attention by a paired test across seeds and
 across users (cemg.evaluation.seeds.compare_seeds). Writes bench/results/fusion_variants_<dataset>.json
-with the command and the machine, and prints a markdown table.
+with the command and the machine, and prints a markdown table. Finished seeds are also kept in
+bench/results/per_user/fusion_<dataset> (bench/kept_results.py), so the variants can be trained in
+different sessions.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
-from dataset_tables import cell, copy_shared, seed_results  # noqa: E402
+from dataset_tables import cell, copy_shared, evaluation_hashes, seed_results  # noqa: E402
+from kept_results import with_kept  # noqa: E402
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.config import load_config  # noqa: E402
 from cemg.evaluation.seeds import compare_seeds, spread  # noqa: E402
@@ -141,7 +144,9 @@ def main() -> None:
     per_variant, rows = {}, {}
     for variant in variants:
         run_dir = variant_dir(args.work, base, variant)
-        results = seed_results(run_dir, seeds)
+        from_runs = seed_results(run_dir, seeds)
+        results = with_kept(f"fusion_{cfg.data.name}", variant, seeds, from_runs, " ".join(commands[variant]),
+                            evaluation_hashes(run_dir, from_runs))
         if not results:
             log.warning("%s: no finished seed in %s", variant, run_dir)
             continue

@@ -49,6 +49,8 @@ def test_variants_start_from_the_base_run_and_are_compared_with_attention(bench,
     assert hashes["attention"]["tokenizer"] == base["tokenizer"] != hashes["mean"]["tokenizer"]
 
     out = tmp_path / "fusion.json"
+    kept = tmp_path / "kept"
+    monkeypatch.setattr(sys.modules["kept_results"], "KEPT", kept)  # never the repository's bench/results
     monkeypatch.setattr(sys, "argv", ["fusion_variants.py", "--config", config, "--seeds", str(seed), "--base",
                                       str(tiny_run), "--work", str(work), "--out", str(out), "--no-train"])
     bench.main()
@@ -58,3 +60,12 @@ def test_variants_start_from_the_base_run_and_are_compared_with_attention(bench,
     assert set(saved["rows"]["attention"]["spread"]["test"]["all"]) >= {"HR@5", "HR@10", "NDCG@5", "NDCG@10"}
     assert "attention vs mean, NDCG@10 (cold start)" in saved["comparisons"]
     assert "| mean (a_v = a_t = 1/2) | 1 |" in capsys.readouterr().out
+
+    # each finished seed is kept, and read back once its run folder is gone
+    dataset = load_config(config).data.name
+    assert (kept / f"fusion_{dataset}" / "mean" / f"seed-{seed}" / "test.per_user.npz").is_file()
+    shutil.rmtree(mean)
+    bench.main()
+    again = json.loads(out.read_text())
+    assert again["rows"]["mean"]["spread"] == saved["rows"]["mean"]["spread"]
+    assert again["comparisons"] == saved["comparisons"]

@@ -1,0 +1,60 @@
+"""bench/kept_results.py: finished seeds kept in the repository are read back, unchanged, once their
+run folders are gone, and an unchanged result is not rewritten."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cemg.evaluation.protocol import EvalResult
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def kept_results(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import kept_results
+
+    monkeypatch.setattr(kept_results, "KEPT", tmp_path / "kept")
+    return kept_results
+
+
+def _result(part: str, ranks: list[int], seconds: float = 1.0) -> EvalResult:
+    ranks = np.asarray(ranks, dtype=np.int64)
+    hits = float(np.mean((ranks >= 0) & (ranks < 10)))
+    return EvalResult(part=part, metrics={"HR@10": hits}, cold_start={"HR@10": 0.0}, n_users=len(ranks), n_cold=1,
+                      users=np.arange(len(ranks)), ranks=ranks, seconds=seconds,
+                      cold=np.array([True] + [False] * (len(ranks) - 1)))
+
+
+def test_a_seed_without_its_run_is_read_back_from_the_kept_copy(kept_results):
+    seed42 = {"valid": _result("valid", [0, 3, -1, 12]), "test": _result("test", [1, -1, -1, 4])}
+    got = kept_results.with_kept("toys", "semantic", (42, 43), {42: seed42}, "cemg run ...", {42: "abc"})
+    assert list(got) == [42]
+    source = json.loads((kept_results.kept_folder("toys", "semantic", 42) / "source.json").read_text())
+    assert source == {"command": "cemg run ...", "seed": 42, "evaluation_inputs_hash": "abc"}
+
+    seed43 = {"valid": _result("valid", [5, 5, 5, 5]), "test": _result("test", [-1, 2, 2, -1])}
+    got = kept_results.with_kept("toys", "semantic", (42, 43), {43: seed43}, "cemg run ...")
+    assert sorted(got) == [42, 43]
+    back = got[42]["test"]
+    assert back.metrics == seed42["test"].metrics and np.array_equal(back.ranks, seed42["test"].ranks)
+    assert np.array_equal(back.cold, seed42["test"].cold) and back.part == "test"
+
+
+def test_an_unchanged_result_is_not_rewritten_and_a_changed_one_is(kept_results):
+    first = {"valid": _result("valid", [0, 1]), "test": _result("test", [1, -1])}
+    kept_results.keep("toys", "no_text", {42: first}, "cmd", {})
+    summary = kept_results.kept_folder("toys", "no_text", 42) / "test.json"
+    before = summary.read_bytes()
+    # the same ranks, timed differently: kept as it was
+    kept_results.keep("toys", "no_text", {42: {"valid": _result("valid", [0, 1], 9.0),
+                                                "test": _result("test", [1, -1], 9.0)}}, "cmd", {})
+    assert summary.read_bytes() == before
+    kept_results.keep("toys", "no_text", {42: {"valid": _result("valid", [0, 1]),
+                                                "test": _result("test", [-1, -1])}}, "cmd", {})
+    assert kept_results.kept("toys", "no_text", [42])[42]["test"].metrics["HR@10"] == 0.0
