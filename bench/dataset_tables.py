@@ -35,7 +35,7 @@ from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when 
 from kept_results import with_kept  # noqa: E402
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.evaluation.protocol import EvalResult  # noqa: E402
-from cemg.evaluation.seeds import compare_seeds  # noqa: E402
+from cemg.evaluation.seeds import NO_PER_USER, compare_seeds  # noqa: E402
 from cemg.run_folder import RunFolder, load_run_config, read_seeds, seed_evaluations  # noqa: E402
 
 log = logging.getLogger("bench.tables")
@@ -176,6 +176,32 @@ def seed_results_of_row(tables: Tables, name: str) -> dict[int, dict[str, EvalRe
                      evaluation_hashes(run_dir, from_runs)) or None
 
 
+def seeds_from_earlier(row: dict | None, command: str, seeds: list[int]) -> dict[int, dict[str, EvalResult]]:
+    """`seeds` of the earlier table's `row`, as metrics only: seeds measured before their per-user ranks
+    were kept (bench/kept_results.py), whose run folders are gone. Only when the row's command is
+    the same. They count in the row's mean and in the test across seeds, not in the test across
+    users (cemg.evaluation.seeds says so in the comparison's notes)."""
+    import numpy as np
+
+    if not row or row.get("command") != command:
+        return {}
+    out = {}
+    for index, seed in enumerate(row["seeds"]):
+        if seed not in seeds:
+            continue
+        out[seed] = {
+            part: EvalResult(
+                part=part,
+                metrics={k: row[f"{part}_all"][k]["per_seed"][index] for k in KS},
+                cold_start={k: row[f"{part}_cold_start"][k]["per_seed"][index] for k in KS},
+                n_users=row["n_test_users"] if part == "test" else 0,
+                n_cold=row["n_cold_start_users"] if part == "test" else 0,
+                users=np.empty(0, np.int64), ranks=np.empty(0, np.int64), seconds=0.0,
+                extra={NO_PER_USER: True})
+            for part in ("valid", "test")}
+    return out
+
+
 def baseline_command(tables: Tables, name: str) -> str:
     return (f"cemg baseline {name} --config {tables.config} --set seed=S "
             f"--set run_dir={tables.baseline_folder(name, 0).parent}/seed-S")
@@ -246,7 +272,10 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
     lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
     lines += [f"- {r['label']}: `{r['command']}`"
               + (f" (measured by an earlier `{r['kept_from']}`; its runs are not in this checkout)" if "kept_from" in r
-                 else "") for r in rows.values()]
+                 else "")
+              + (f" (seeds {', '.join(map(str, r['seeds_without_per_user_ranks']))}: the metrics an earlier table "
+                 "measured, before per-user ranks were kept)" if r.get("seeds_without_per_user_ranks") else "")
+              for r in rows.values()]
     lines += [f"- {name}: `{r['command']}`" for name, r in single.items()]
     return "\n".join(lines) + "\n"
 
@@ -312,12 +341,20 @@ def main(tables: Tables, doc: str) -> None:
         if results is None:
             log.warning("%s: no finished seeds", name)
             continue
+        seeds = tables.rows[name].seeds if name in tables.rows else tables.baselines[name].seeds
+        numbers_only = seeds_from_earlier(earlier_rows.get(name), command, [s for s in seeds if s not in results])
+        if numbers_only:
+            log.info("%s: seeds %s as the earlier table measured them (metrics only, no per-user ranks)",
+                     name, sorted(numbers_only))
+            results = {**results, **numbers_only}
         if len(results) < len(earlier_rows.get(name, {}).get("seeds", ())):
             log.warning("%s: only seeds %s are here, the earlier table had %s; keeping the earlier row",
                         name, sorted(results), earlier_rows[name]["seeds"])
             continue
         per_row[name] = results
         rows[name] = {"label": label, "command": command, **summary(results)}
+        if numbers_only:
+            rows[name]["seeds_without_per_user_ranks"] = sorted(numbers_only)
     comparisons = {}
     if "semantic" in per_row:
         for name in per_row:

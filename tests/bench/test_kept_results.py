@@ -58,3 +58,21 @@ def test_an_unchanged_result_is_not_rewritten_and_a_changed_one_is(kept_results)
     kept_results.keep("toys", "no_text", {42: {"valid": _result("valid", [0, 1]),
                                                 "test": _result("test", [-1, -1])}}, "cmd", {})
     assert kept_results.kept("toys", "no_text", [42])[42]["test"].metrics["HR@10"] == 0.0
+
+
+def test_seeds_of_an_earlier_table_come_back_as_metrics_only(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import dataset_tables
+    from cemg.evaluation.seeds import NO_PER_USER
+
+    def stats(values):
+        return {k: {"mean": float(np.mean(values)), "std": None, "per_seed": values} for k in dataset_tables.KS}
+
+    row = {"command": "cemg run A", "seeds": [42, 43], "n_test_users": 100, "n_cold_start_users": 7,
+           **{f"{part}_{subset}": stats([0.1, 0.2] if part == "test" else [0.3, 0.4])
+              for part in ("valid", "test") for subset in ("all", "cold_start")}}
+    got = dataset_tables.seeds_from_earlier(row, "cemg run A", [43, 44])
+    assert list(got) == [43]
+    assert got[43]["test"].metrics["NDCG@10"] == 0.2 and got[43]["valid"].cold_start["HR@5"] == 0.4
+    assert got[43]["test"].extra[NO_PER_USER] and got[43]["test"].n_cold == 7
+    assert dataset_tables.seeds_from_earlier(row, "cemg run B", [43]) == {}  # another command: not the same row

@@ -126,3 +126,17 @@ def test_unknown_metric_or_part_is_named():
         compare_seeds(a, a, "HR@20")
     with pytest.raises(ValueError, match="no 'valid' results"):
         compare_seeds(a, a, "HR@1", part="valid")
+
+
+def test_seeds_that_keep_metrics_only_count_across_seeds_not_users():
+    from cemg.evaluation.seeds import NO_PER_USER
+
+    a, b = _better_and_worse(3, np.random.default_rng(3))
+    full = compare_seeds(a, b, "HR@1")
+    bare = a[2]["test"]
+    a[2]["test"] = EvalResult("test", bare.metrics, bare.cold_start, bare.n_users, bare.n_cold,
+                              np.empty(0, np.int64), np.empty(0, np.int64), 0.0, extra={NO_PER_USER: True})
+    c = compare_seeds(a, b, "HR@1")
+    assert c.seed_test == full.seed_test and c.difference == full.difference and c.significant
+    assert c.user_test is None
+    assert any("seeds [2] of A keep their metrics only" in note for note in c.notes)

@@ -28,6 +28,9 @@ from cemg.evaluation.protocol import EvalResult
 
 # Per seed, part ("valid", "test") -> its result.
 SeedResults = dict[int, dict[str, EvalResult]]
+# In an EvalResult's `extra`: it holds the metrics only, not the per-user ranks (a result recovered
+# from a summary table); such a seed counts across seeds, not across users.
+NO_PER_USER = "metrics_only"
 
 SUBSETS = ("all", "cold_start")
 ALPHA = 0.05
@@ -163,6 +166,11 @@ def _seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[dict | None, l
 def _user_test(a: SeedResults, b: SeedResults, part: str, metric: str, subset: str) -> tuple[dict | None, list[str]]:
     from scipy import stats
 
+    for name, runs in (("A", a), ("B", b)):
+        bare = sorted(s for s, results in runs.items() if results[part].extra.get(NO_PER_USER))
+        if bare:
+            return None, [f"no test across users: seeds {bare} of {name} keep their metrics only, not per-user "
+                          "ranks (measured before those were kept)"]
     try:
         per_a = _mean_over_seeds(a, part, metric, subset)
         per_b = _mean_over_seeds(b, part, metric, subset)
