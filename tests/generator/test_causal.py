@@ -49,6 +49,33 @@ def test_windows_are_left_padded_next_item_pairs():
 
 @pytest.mark.parametrize(
     "spec",
+    [{}, {"trie_softmax": True}, {"trie_softmax": True, "mode": "hybrid"}, {"composed_outputs": True},
+     {"trie_softmax": True, "composed_inputs": True, "composed_outputs": True, "content_dim": 5},
+     {"trie_softmax": True, "composed_outputs": True, "composed_leaf_codes": True}],
+)
+def test_pair_log_probs_scores_each_shared_prefix_once_with_the_teacher_forced_values(spec):
+    # pair_log_probs groups a user's candidates by prefix; the teacher-forced logits along each
+    # candidate's own path (what training computes) must give the same numbers
+    ids = toy_ids(n_items=30, sizes=[4, 4, 3])
+    rec = untrained(ids, **spec)
+    for module in (rec.model.node_emb, rec.model.node_mlp, rec.model.input_mlp, rec.model.content_out):
+        for p in (module.parameters() if module is not None else []):
+            torch.nn.init.normal_(p, std=0.5)
+    states = rec.last_states(random_histories(5, ids.n_items))
+    rng = np.random.default_rng(0)
+    items = torch.from_numpy(np.stack([rng.choice(ids.n_items, 40) for _ in range(5)]))  # repeats included
+    model, (n, m) = rec.model, items.shape
+    flat = items.reshape(-1)
+    codes = model.item_tokens[flat] - model.item_tokens.new_tensor(model.offsets)
+    logits = model._target_logits(states[:, None, :].expand(n, m, -1).reshape(n * m, -1), flat, codes, rec.tree)
+    want = sum(lg.log_softmax(-1).gather(1, codes[:, level : level + 1]).squeeze(1)
+               for level, lg in enumerate(logits)).reshape(n, m)
+    got = model.pair_log_probs(states, items, rec.tree)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spec",
     [{}, {"tie_codes": False, "mode": "hybrid"}, {"backbone": "llama"}, {"trie_softmax": True},
      {"trie_softmax": True, "mode": "hybrid"}, {"mode": "hybrid"},
      {"trie_softmax": True, "composed_inputs": True, "composed_outputs": True}, {"composed_outputs": True},
