@@ -2,12 +2,14 @@
 
     python bench/content_prior.py runs/beauty --seeds 42,43,44 --weights 0,1,2,3,5,8
     python bench/content_prior.py runs/toys --weights 5,8,12 --image-weight 0.5   # image block scaled
+    python bench/content_prior.py runs/beauty --weights 2,3 --adjustments 0,0.1,0.25   # popularity adjustment
 
 For each seed of a finished causal semantic run, the trained generator (not retrained) ranks the
 validation users' next items with the content prior at each weight (cemg.generator.content_prior);
 weight 0 is the re-ranked beam alone. Test is not read. Writes
 bench/results/content_prior_<run name>.json (content_prior_<run name>-image<a>.json with
---image-weight a, generator.content_prior.image_weight): per seed and weight the validation metrics
+--image-weight a, generator.content_prior.image_weight; -pop<tau> for each tau of --adjustments but 0,
+generator.content_prior.popularity_adjustment): per seed and weight the validation metrics
 (all users and cold-start targets), the mean over seeds, and the weight with the best mean NDCG@10. Seeds
 already in that file from an invocation with the same grid are kept, so seeds can be measured by
 separate processes (each command is listed).
@@ -33,8 +35,9 @@ from cemg.artifacts import atomic_write_text  # noqa: E402
 
 def merge(earlier: dict, now: dict) -> dict:
     """`now` plus the seeds of `earlier` it did not measure, when both used the same grid."""
-    grid = ("weights", "candidates", "image_weight")
-    if [earlier.get(key, 1.0 if key == "image_weight" else None) for key in grid] != [now[key] for key in grid]:
+    grid = ("weights", "candidates", "image_weight", "popularity_adjustment")
+    defaults = {"image_weight": 1.0, "popularity_adjustment": 0.0}  # files written before the key existed
+    if [earlier.get(key, defaults.get(key)) for key in grid] != [now[key] for key in grid]:
         return now
     per_seed = {**earlier["per_seed"], **now["per_seed"]}
     commands = [*earlier.get("commands", [earlier["command"]]), now["command"]]
@@ -60,7 +63,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--image-weight", type=float, default=1.0,
                         help="generator.content_prior.image_weight: the image block's scale in the content vector")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--adjustments", default="0",
+                        help="generator.content_prior.popularity_adjustment values (one output file each)")
+    parser.add_argument("--out", type=Path, default=None, help="the output file (one --adjustments value only)")
     args = parser.parse_args()
     from cemg.api import load_generator
     from cemg.data.dataset import InteractionDataset
@@ -74,10 +79,13 @@ def main() -> None:
     cfg = load_run_config(args.run)
     seeds = [int(s) for s in args.seeds.split(",")]
     weights = [float(w) for w in args.weights.split(",")]
+    adjustments = [float(a) for a in args.adjustments.split(",")]
+    if args.out is not None and len(adjustments) > 1:
+        parser.error("--out names one file: give one --adjustments value with it")
     ks = list(cfg.evaluation.ks)
-    result = {"command": "python " + " ".join(["bench/content_prior.py", *sys.argv[1:]]), "machine": machine(),
-              "run": str(args.run), "candidates": args.candidates, "image_weight": args.image_weight,
-              "weights": weights, "per_seed": {}}
+    results = {tau: {"command": "python " + " ".join(["bench/content_prior.py", *sys.argv[1:]]), "machine": machine(),
+                     "run": str(args.run), "candidates": args.candidates, "image_weight": args.image_weight,
+                     "popularity_adjustment": tau, "weights": weights, "per_seed": {}} for tau in adjustments}
     plain = cfg.model_copy(update={"generator": cfg.generator.model_copy(
         update={"content_prior": cfg.generator.content_prior.model_copy(update={"weight": 0.0})})})
     for seed in seeds:
@@ -92,33 +100,38 @@ def main() -> None:
                                         0.0, args.candidates, scale)
         valid = split.part("valid")
         exclude = prior_items(split, "valid") if cfg.evaluation.mask_history else None
-        lists: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+        log_count = torch.log1p(torch.from_numpy(split.train_item_counts()).float())
+        lists: dict[tuple[float, float], list[np.ndarray]] = {(tau, w): [] for tau in adjustments for w in weights}
         batch = prior.config.eval_batch_size
         for lo in range(0, len(valid), batch):
             hi = min(len(valid), lo + batch)
             histories, excl = valid.histories[lo:hi], None if exclude is None else exclude[lo:hi]
             beam, _ = prior.generator.recommend_with_scores(histories, max(max(ks), args.candidates), excl)
             with torch.no_grad():
-                candidates = prior.candidates_of(histories, beam, excl)
-            for w in weights:
-                lists[w].append(rank_candidates(*candidates, w, max(ks))[0])
+                pool, log_p, cosine = prior.candidates_of(histories, beam, excl)
+            for tau in adjustments:
+                adjusted = log_p - tau * log_count[pool.clamp(min=0)] if tau else log_p
+                for w in weights:
+                    lists[(tau, w)].append(rank_candidates(pool, adjusted, cosine, w, max(ks))[0])
         cold = split.train_item_counts()[valid.targets] <= cfg.evaluation.cold_start_max_train
-        rows = {}
-        for w in weights:
-            ranks = target_ranks(np.concatenate(lists[w]), valid.targets)
-            rows[str(w)] = {"valid": summarize(ranks, ks), "valid_cold": summarize(ranks[cold], ks),
-                            "users": len(valid), "cold_users": int(cold.sum())}
-            print(f"seed {seed} weight {w:g}: valid NDCG@10 {rows[str(w)]['valid']['NDCG@10']:.4f} "
-                  f"HR@10 {rows[str(w)]['valid']['HR@10']:.4f} cold HR@10 {rows[str(w)]['valid_cold']['HR@10']:.4f}",
-                  flush=True)
-        result["per_seed"][str(seed)] = {"weights": rows, "seconds": round(time.perf_counter() - start, 1)}
-    suffix = "" if args.image_weight == 1.0 else f"-image{args.image_weight:g}"
-    out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.run.name}{suffix}.json"
-    if out.is_file():  # seeds measured by an earlier invocation with the same grid stay
-        result = merge(json.loads(out.read_text(encoding="utf-8")), result)
-    summarise(result)
-    atomic_write_text(out, json.dumps(result, indent=2))
-    print(f"chosen weight {result['chosen_weight']:g} (best mean valid NDCG@10); wrote {out}")
+        for tau in adjustments:
+            rows = {}
+            for w in weights:
+                ranks = target_ranks(np.concatenate(lists[(tau, w)]), valid.targets)
+                rows[str(w)] = {"valid": summarize(ranks, ks), "valid_cold": summarize(ranks[cold], ks),
+                                "users": len(valid), "cold_users": int(cold.sum())}
+                print(f"seed {seed} weight {w:g} adjustment {tau:g}: valid NDCG@10 {rows[str(w)]['valid']['NDCG@10']:.4f} "
+                      f"HR@10 {rows[str(w)]['valid']['HR@10']:.4f} cold HR@10 {rows[str(w)]['valid_cold']['HR@10']:.4f}",
+                      flush=True)
+            results[tau]["per_seed"][str(seed)] = {"weights": rows, "seconds": round(time.perf_counter() - start, 1)}
+    for tau, result in results.items():
+        suffix = ("" if args.image_weight == 1.0 else f"-image{args.image_weight:g}") + (f"-pop{tau:g}" if tau else "")
+        out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.run.name}{suffix}.json"
+        if out.is_file():  # seeds measured by an earlier invocation with the same grid stay
+            result = merge(json.loads(out.read_text(encoding="utf-8")), result)
+        summarise(result)
+        atomic_write_text(out, json.dumps(result, indent=2))
+        print(f"adjustment {tau:g}: chosen weight {result['chosen_weight']:g} (best mean valid NDCG@10); wrote {out}")
 
 
 if __name__ == "__main__":

@@ -276,10 +276,17 @@ def load_generator(run: Path | str | RunFolder, cfg: CEMGConfig, device: str = "
     from cemg.generator.content_prior import with_content_prior
 
     generator = load_saved_generator(folder, cfg.generator.backbone, device)
-    if cfg.generator.content_prior.weight:
+    prior = cfg.generator.content_prior
+    if prior.weight:
         from cemg.features.artifact import ItemFeatures
 
-        generator = with_content_prior(generator, cfg, ItemFeatures.load(run.stage("features")))
+        counts = None
+        if prior.popularity_adjustment:
+            from cemg.data.dataset import InteractionDataset
+            from cemg.data.split import leave_one_out
+
+            counts = leave_one_out(InteractionDataset.load(run.stage("data")), cfg.data.max_history).train_item_counts()
+        generator = with_content_prior(generator, cfg, ItemFeatures.load(run.stage("features")), counts)
     return generator
 
 

@@ -227,6 +227,9 @@ class ContentPriorConfig(_Section):
     # The image block's scale in the content vector the cosine reads (1: text and image count alike;
     # 0: text only). Runs made before it existed have 1.
     image_weight: float = Field(default=1.0, ge=0.0)
+    # Minus this x log(1 + the item's training interactions) on every candidate's score: logit
+    # adjustment over items (content_prior.py says why). 0: off; runs made before it existed have 0.
+    popularity_adjustment: float = Field(default=0.0, ge=0.0)
 
 
 class GeneratorConfig(_Section):

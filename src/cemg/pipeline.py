@@ -240,13 +240,15 @@ def run_pipeline(
     from cemg.generator.content_prior import with_content_prior
 
     # What recommendations and the evaluation rank with: the generator, under the content prior when set.
-    ranker = result.artifacts["ranker"] = with_content_prior(generator, cfg, features)
+    ranker = result.artifacts["ranker"] = with_content_prior(generator, cfg, features, split.train_item_counts())
     if last <= STAGES.index("generator"):
         return result
 
     prior = cfg.generator.content_prior
-    # image_weight was added after runs were evaluated: left out at its default, as above.
-    prior_section = prior.model_dump(mode="json", exclude={"image_weight"} if prior.image_weight == 1.0 else None)
+    # image_weight and popularity_adjustment were added after runs were evaluated: each is left out
+    # at its default, as above, so those runs keep their evaluation.
+    added_later = {"image_weight": 1.0, "popularity_adjustment": 0.0}
+    prior_section = prior.model_dump(mode="json", exclude={k for k, v in added_later.items() if getattr(prior, k) == v})
     h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
                          *([prior_section, h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))
     _stage(

@@ -58,3 +58,29 @@ def test_an_image_weight_sweep_matches_the_configured_prior(tiny_run, tmp_path):
     ranker = load_generator(folder, cfg, "cpu")  # under the configured prior, as `cemg run` ranks
     assert ranker.info["content_prior"]["image_weight"] == 0.5
     assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics
+
+
+def test_a_popularity_adjustment_grid_writes_one_file_each_and_matches_the_configured_prior(tiny_run, tmp_path):
+    from cemg.api import load_generator
+    from cemg.data.dataset import InteractionDataset
+    from cemg.data.split import leave_one_out
+    from cemg.evaluation.protocol import evaluate
+    from cemg.run_folder import RunFolder, load_run_config
+
+    out = tmp_path / "sweep.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), "--seeds", "42", "--weights", "4",
+                           "--candidates", "6", "--adjustments", "0.5", "--out", str(out)], check=True,
+                          capture_output=True, text=True)
+    assert "adjustment 0.5" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["popularity_adjustment"] == 0.5
+    cfg = load_run_config(tiny_run)
+    prior = cfg.generator.content_prior.model_copy(update={"weight": 4.0, "candidates": 6, "popularity_adjustment": 0.5})
+    cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"content_prior": prior})})
+    folder = RunFolder.open(tiny_run, 42)
+    split = leave_one_out(InteractionDataset.load(folder.stage("data")), cfg.data.max_history)
+    ranker = load_generator(folder, cfg, "cpu")  # counts read from the run's data stage
+    assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics
+    two = subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), "--adjustments", "0,1", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert two.returncode != 0 and "one --adjustments value" in two.stderr

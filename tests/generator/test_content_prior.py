@@ -108,6 +108,35 @@ def test_the_image_weight_scales_the_image_block_of_the_cosine_also_for_added_it
     from cemg.generator.recommender import describe_generator
 
     assert describe_generator({"backbone": "causal"}, False, 8, 0.5).endswith("content prior weight 8 (image block x 0.5)")
+    assert describe_generator({"backbone": "causal"}, False, 8, 1.0, 0.25).endswith(
+        "content prior weight 8, popularity adjustment 0.25")
+
+
+def test_the_popularity_adjustment_subtracts_tau_log_count_and_added_items_count_zero(generator):
+    content = toy_content(generator.n_items, dim=4, seed=2)
+    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
+    counts = np.random.default_rng(1).integers(0, 50, generator.n_items)
+    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
+    exclude = [np.unique(h) for h in histories]
+    prior = ContentPriorRecommender(generator, content, 3.0, generator.n_items, None, counts, 0.7)
+    items, scores = prior.recommend_with_scores(histories, 8, exclude)
+    exact = generator.model.sequence_log_probs(generator.last_states(histories), torch.arange(generator.n_items),
+                                               generator.tree).detach().numpy()
+    for row, history in enumerate(histories):
+        want = exact[row] + 3.0 * (unit @ unit[history[-1]]) - 0.7 * np.log1p(counts)
+        want[history] = -np.inf
+        order = np.argsort(-want, kind="stable")[:8]
+        assert items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+    assert prior.info["content_prior"]["popularity_adjustment"] == 0.7
+    # an item added after training has no interactions: no penalty
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in [4, 4, 3]], indexing="ij"), -1).reshape(-1, 3)
+    unused = [row for row in grid.tolist() if row not in generator.semantic_ids.codes.tolist()][:1]
+    wider = prior.with_catalogue(SemanticIds(np.concatenate([generator.semantic_ids.codes, unused]), [4, 4, 3]),
+                                 toy_content(1, dim=4, seed=9))
+    assert wider.train_counts.tolist() == [*counts.tolist(), 0] and float(wider.penalty[-1]) == 0.0
+    with pytest.raises(ValueError, match="popularity_adjustment needs the training interactions"):
+        ContentPriorRecommender(generator, content, 3.0, 5, None, None, 0.7)
 
 
 def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny_run, tmp_path):
@@ -130,6 +159,13 @@ def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny
     assert isinstance(run_pipeline(cfg, stop_after="generator").artifacts["ranker"], ContentPriorRecommender)
     rec = Recommender.load(run, device="cpu")
     assert rec.generator.info["content_prior"] == {"weight": 2.0, "candidates": 8}
+    # the popularity adjustment re-evaluates too; at its default 0 the evaluation hash is the old one
+    hashes = result.hashes
+    adjusted = load_config(run / "config.yaml", ["generator.content_prior.weight=2.0", "generator.content_prior.candidates=8",
+                                                 "generator.content_prior.popularity_adjustment=0.5", f"run_dir={run}"])
+    assert run_pipeline(adjusted).hashes["evaluation"] != hashes["evaluation"]
+    assert Recommender.load(run, device="cpu").generator.info["content_prior"]["popularity_adjustment"] == 0.5
+    assert run_pipeline(cfg).hashes["evaluation"] == hashes["evaluation"]
     items = tmp_path / "new.jsonl"
     items.write_text(json.dumps({"item_id": "n1", "title": "Velvet Matte Lipstick", "brand": "Acme",
                                  "categories": ["lips"]}) + "\n", encoding="utf-8")

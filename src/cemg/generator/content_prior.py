@@ -18,6 +18,13 @@ beam's order, except where a content neighbour the (approximate) beam missed sco
 image blocks t, i the cosine is (cos_t + a^2 cos_i) / (1 + a^2) for items that have both. On Toys the
 image's neighbours find next items the text's miss, but an even average gives up text hits for
 them; a weight below 1 kept more of both (docs/results.md, "Toys: what each modality carries").
+
+`popularity_adjustment` tau subtracts tau x log(1 + training interactions of the item) from every
+candidate's score: logit adjustment for a long-tailed label distribution (Menon et al., ICLR 2021),
+here over items. The generator learns which codes are frequent targets, and an item with few
+interactions sits under codes it rarely saw as targets (docs/results.md, "Cold start: the ids encoded
+coldness"); the adjustment gives such items back some of what that frequency took. An item added
+after training counts 0 interactions. Off (0) unless the config sets it.
 """
 
 from __future__ import annotations
@@ -42,10 +49,12 @@ class ContentPriorRecommender:
     recommend / with_catalogue surface as the generator itself."""
 
     def __init__(self, generator, content: np.ndarray, weight: float, candidates: int = 50,
-                 column_scale: np.ndarray | None = None):
+                 column_scale: np.ndarray | None = None, train_counts: np.ndarray | None = None,
+                 popularity_adjustment: float = 0.0):
         """`content` (items, c): ItemFeatures.content_matrix rows, as the items bring them;
         `column_scale` (c,): a factor per column applied before the rows are scaled to unit length
-        (the image weight; None: all 1)."""
+        (the image weight; None: all 1); `train_counts` (items,): training interactions per item,
+        which `popularity_adjustment` needs."""
         if not hasattr(getattr(generator, "model", None), "pair_log_probs"):
             raise ValueError("generator.content_prior needs the causal backbone (it scores given items exactly)")
         if len(content) != generator.n_items:
@@ -60,6 +69,15 @@ class ContentPriorRecommender:
             raise ValueError(f"{self.column_scale.shape} column scales for content of width {self.source.shape[1]}")
         scaled = self.source if self.column_scale is None else self.source * self.column_scale
         self.content = _unit_rows(scaled).to(generator.device)
+        self.popularity_adjustment = float(popularity_adjustment)
+        if self.popularity_adjustment < 0:
+            raise ValueError(f"generator.content_prior.popularity_adjustment must be >= 0, got {popularity_adjustment}")
+        self.train_counts = None if train_counts is None else np.asarray(train_counts, dtype=np.int64)
+        if self.popularity_adjustment and (self.train_counts is None or len(self.train_counts) != len(content)):
+            raise ValueError("generator.content_prior.popularity_adjustment needs the training interactions of "
+                             f"each of the {len(content)} items")
+        self.penalty = None if not self.popularity_adjustment else (
+            self.popularity_adjustment * torch.log1p(torch.from_numpy(self.train_counts).float())).to(generator.device)
 
     # What the API and evaluation read off a generator.
     @property
@@ -81,6 +99,8 @@ class ContentPriorRecommender:
     @property
     def info(self) -> dict:
         prior = {"weight": self.weight, "candidates": self.candidates}
+        if self.popularity_adjustment:
+            prior["popularity_adjustment"] = self.popularity_adjustment
         scales = set() if self.column_scale is None else {float(x) for x in self.column_scale} - {1.0}
         if len(scales) == 1:  # the only scaled block is the image's (content_column_scale)
             prior["image_weight"] = scales.pop()
@@ -93,8 +113,10 @@ class ContentPriorRecommender:
             raise ValueError(f"the content prior needs the {n_added} added items' content vectors of width "
                              f"{self.content.shape[1]} (items added before content was kept: add them again)")
         content = np.concatenate([self.source, np.asarray(added_content, np.float32)])
+        counts = None if self.train_counts is None else np.concatenate([self.train_counts, np.zeros(n_added, np.int64)])
         return ContentPriorRecommender(self.generator.with_catalogue(semantic_ids, added_content), content,
-                                       self.weight, self.candidates, self.column_scale)
+                                       self.weight, self.candidates, self.column_scale, counts,
+                                       self.popularity_adjustment)
 
     @torch.no_grad()
     def recommend_with_scores(
@@ -116,7 +138,10 @@ class ContentPriorRecommender:
         return self.recommend_with_scores(histories, k, exclude)[0]
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return rank_candidates(*self.candidates_of(histories, beam_items, exclude), self.weight, k)
+        pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude)
+        if self.penalty is not None:
+            log_p = log_p - self.penalty[pool.clamp(min=0)]
+        return rank_candidates(pool, log_p, cosine, self.weight, k)
 
     def candidates_of(self, histories, beam_items: np.ndarray, exclude) -> tuple[torch.Tensor, ...]:
         """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
@@ -152,15 +177,17 @@ def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tenso
     return out_items, out_scores
 
 
-def with_content_prior(generator, cfg, features):
+def with_content_prior(generator, cfg, features, train_counts: np.ndarray | None = None):
     """`generator` as `cfg.generator.content_prior` asks (unchanged at weight 0); `features`: the run's
-    ItemFeatures, read over the modalities the tokenizer uses."""
+    ItemFeatures, read over the modalities the tokenizer uses; `train_counts`: training interactions
+    per item (SplitDataset.train_item_counts), needed with a popularity adjustment."""
     prior = cfg.generator.content_prior
     if not prior.weight:
         return generator
     content = features.content_matrix(cfg.tokenizer.content_modalities)
     return ContentPriorRecommender(generator, content, prior.weight, prior.candidates,
-                                   content_column_scale(features, cfg.tokenizer.content_modalities, prior.image_weight))
+                                   content_column_scale(features, cfg.tokenizer.content_modalities, prior.image_weight),
+                                   train_counts, prior.popularity_adjustment)
 
 
 def content_column_scale(features, modalities, image_weight: float) -> np.ndarray | None:

@@ -51,14 +51,15 @@ def load_generator_meta(folder: Path, meta_file: str) -> tuple[dict, SemanticIds
 
 
 def describe_generator(info: dict, reads_content: bool = False, prior_weight: float = 0.0,
-                       prior_image_weight: float = 1.0) -> str:
+                       prior_image_weight: float = 1.0, popularity_adjustment: float = 0.0) -> str:
     """The model behind a result in one line (mode, backbone, size, content options), as `cemg run`
     prints it and the report shows it; `info` is a trained generator's info record."""
     params = info.get("n_parameters")
     return (f"{info.get('mode', 'semantic')} mode, {info.get('backbone', '?')} backbone"
             + (f", {params:,} parameters" if params else "") + (", reads item content" if reads_content else "")
             + (f", content prior weight {prior_weight:g}" if prior_weight else "")
-            + (f" (image block x {prior_image_weight:g})" if prior_weight and prior_image_weight != 1.0 else ""))
+            + (f" (image block x {prior_image_weight:g})" if prior_weight and prior_image_weight != 1.0 else "")
+            + (f", popularity adjustment {popularity_adjustment:g}" if prior_weight and popularity_adjustment else ""))
 
 
 class SemanticIdRecommender:
