@@ -47,6 +47,15 @@ def test_windows_are_left_padded_next_item_pairs():
     assert left_padded([np.array([], np.int64), np.array([1, 2])], 3).tolist() == [[-1, -1, -1], [-1, 1, 2]]
 
 
+def untrained_with_live_heads(ids, **spec):
+    """An untrained model whose node vectors and input MLP, zero at start, have a say."""
+    rec = untrained(ids, **spec)
+    for module in (rec.model.node_emb, rec.model.node_mlp, rec.model.input_mlp, rec.model.content_out):
+        for p in (module.parameters() if module is not None else []):
+            torch.nn.init.normal_(p, std=0.5)
+    return rec
+
+
 @pytest.mark.parametrize(
     "spec",
     [{}, {"trie_softmax": True}, {"trie_softmax": True, "mode": "hybrid"}, {"composed_outputs": True},
@@ -57,10 +66,7 @@ def test_pair_log_probs_scores_each_shared_prefix_once_with_the_teacher_forced_v
     # pair_log_probs groups a user's candidates by prefix; the teacher-forced logits along each
     # candidate's own path (what training computes) must give the same numbers
     ids = toy_ids(n_items=30, sizes=[4, 4, 3])
-    rec = untrained(ids, **spec)
-    for module in (rec.model.node_emb, rec.model.node_mlp, rec.model.input_mlp, rec.model.content_out):
-        for p in (module.parameters() if module is not None else []):
-            torch.nn.init.normal_(p, std=0.5)
+    rec = untrained_with_live_heads(ids, **spec)
     states = rec.last_states(random_histories(5, ids.n_items))
     rng = np.random.default_rng(0)
     items = torch.from_numpy(np.stack([rng.choice(ids.n_items, 40) for _ in range(5)]))  # repeats included
@@ -85,11 +91,7 @@ def test_pair_log_probs_scores_each_shared_prefix_once_with_the_teacher_forced_v
 )
 def test_wide_beam_equals_exact_scoring_of_every_item(spec):
     ids = toy_ids(n_items=30, sizes=[4, 4, 3])
-    rec = untrained(ids, **spec)
-    # node vectors and the input MLP are zero at start: give them a say
-    for module in (rec.model.node_emb, rec.model.node_mlp, rec.model.input_mlp, rec.model.content_out):
-        for p in (module.parameters() if module is not None else []):
-            torch.nn.init.normal_(p, std=0.5)
+    rec = untrained_with_live_heads(ids, **spec)
     histories = random_histories(6, ids.n_items)
     items, scores = rec.recommend_with_scores(histories, k=ids.n_items)
     states = rec.last_states(histories)
