@@ -138,5 +138,9 @@ def test_seeds_that_keep_metrics_only_count_across_seeds_not_users():
                               np.empty(0, np.int64), np.empty(0, np.int64), 0.0, extra={NO_PER_USER: True})
     c = compare_seeds(a, b, "HR@1")
     assert c.seed_test == full.seed_test and c.difference == full.difference and c.significant
-    assert c.user_test is None
-    assert any("seeds [2] of A keep their metrics only" in note for note in c.notes)
+    # across users: only the seeds both runs hold ranks for, each side averaged over the same seeds
+    assert c.user_test == compare_seeds({s: a[s] for s in (0, 1)}, {s: b[s] for s in (0, 1)}, "HR@1").user_test
+    assert any("uses seeds [0, 1] only: seeds [2] of A keep their metrics only" in note for note in c.notes)
+    # one seed with ranks on each side, but not the same seed: no test across users
+    lone = compare_seeds({2: a[2]}, {1: b[1]}, "HR@1")
+    assert lone.user_test is None and any("no other seed is common" in note for note in lone.notes)

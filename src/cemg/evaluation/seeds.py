@@ -166,11 +166,19 @@ def _seed_test(a: dict[int, float], b: dict[int, float]) -> tuple[dict | None, l
 def _user_test(a: SeedResults, b: SeedResults, part: str, metric: str, subset: str) -> tuple[dict | None, list[str]]:
     from scipy import stats
 
-    for name, runs in (("A", a), ("B", b)):
-        bare = sorted(s for s, results in runs.items() if results[part].extra.get(NO_PER_USER))
-        if bare:
-            return None, [f"no test across users: seeds {bare} of {name} keep their metrics only, not per-user "
-                          "ranks (measured before those were kept)"]
+    notes = []
+    bare = {name: sorted(s for s, results in runs.items() if results[part].extra.get(NO_PER_USER))
+            for name, runs in (("A", a), ("B", b))}
+    if bare["A"] or bare["B"]:
+        # Seeds recovered from a summary table keep no per-user ranks: test across users on the seeds
+        # both runs have with ranks, so each side is averaged over the same seeds.
+        common = sorted(s for s in set(a) & set(b) if s not in bare["A"] and s not in bare["B"])
+        kept_only = "; ".join(f"seeds {seeds} of {name}" for name, seeds in bare.items() if seeds)
+        if not common:
+            return None, [f"no test across users: {kept_only} keep their metrics only, not per-user ranks "
+                          "(measured before those were kept), and no other seed is common to both runs"]
+        a, b = {s: a[s] for s in common}, {s: b[s] for s in common}
+        notes.append(f"the test across users uses seeds {common} only: {kept_only} keep their metrics only")
     try:
         per_a = _mean_over_seeds(a, part, metric, subset)
         per_b = _mean_over_seeds(b, part, metric, subset)
@@ -181,7 +189,6 @@ def _user_test(a: SeedResults, b: SeedResults, part: str, metric: str, subset: s
         return None, [f"no test across users: the runs share {len(users)} {part} users (different datasets?)"]
     x = np.array([per_a[u] for u in users])
     y = np.array([per_b[u] for u in users])
-    notes = []
     if len(users) < max(len(per_a), len(per_b)):
         notes.append(f"the runs share {len(users)} of their {part} users; only those are paired")
     differ = bool(np.any(x != y))
