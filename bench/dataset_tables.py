@@ -78,6 +78,8 @@ class Tables:
     # single-seed rows kept from another bench's JSON: key in its "models" -> label
     saved_baselines: tuple[Path, dict[str, str]] | None = None
     notes: tuple[str, ...] = ()  # sentences printed under the tables
+    # more pairs (A, B) compared like "semantic vs B", e.g. the hybrid against SASRec
+    extra_comparisons: tuple[tuple[str, str], ...] = ()
 
     @property
     def main_run(self) -> Path:
@@ -266,7 +268,7 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
         lines.append(f"| {name} | {r['n_cold_start_users']:,} | "
                      + " | ".join(f"{r['test_cold_start'][k]:.4f}" for k in KS) + " |")
     if comparisons:
-        lines += ["", "The semantic generator against each other row (`cemg.evaluation.seeds.compare_seeds`: "
+        lines += ["", "The semantic generator against each other row, and the pairs a dataset adds (`cemg.evaluation.seeds.compare_seeds`: "
                   "paired t-test across seeds, and across users on per-user values averaged over seeds):", ""]
         lines += [f"- {key}: {c['verdict']}" for key, c in comparisons.items()]
     lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
@@ -364,6 +366,16 @@ def main(tables: Tables, doc: str) -> None:
                 for metric in ("HR@10", "NDCG@10"):
                     c = compare_seeds(per_row["semantic"], per_row[name], metric, "test", subset)
                     comparisons[f"semantic vs {name}, {metric}{' (cold start)' if subset == 'cold_start' else ''}"] = c.to_dict()
+    for a, b in tables.extra_comparisons:
+        # a row not collected now comes back from the earlier table as metrics only
+        results = {name: per_row.get(name) or seeds_from_earlier(earlier_rows.get(name),
+                                                                 earlier_rows.get(name, {}).get("command", ""), SEEDS)
+                   for name in (a, b)}
+        if all(results.values()):
+            for subset in ("all", "cold_start"):
+                for metric in ("HR@10", "NDCG@10"):
+                    c = compare_seeds(results[a], results[b], metric, "test", subset)
+                    comparisons[f"{a} vs {b}, {metric}{' (cold start)' if subset == 'cold_start' else ''}"] = c.to_dict()
     kept_rows, kept_comparisons = kept_from_earlier(tables, rows, comparisons, choices)
     rows.update(kept_rows)
     comparisons.update(kept_comparisons)

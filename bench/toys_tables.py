@@ -46,6 +46,7 @@ TOYS = Tables(
     },
     # TIGER's paper (Rajput et al. 2023, Table 2), the same protocol.
     published={"TIGER (published)": {"HR@5": 0.0521, "HR@10": 0.0712, "NDCG@5": 0.0371, "NDCG@10": 0.0432}},
+    extra_comparisons=(("hybrid", "sasrec"),),
 )
 
 if __name__ == "__main__":
