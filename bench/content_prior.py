@@ -73,7 +73,8 @@ def main() -> None:
     from cemg.evaluation.metrics import summarize, target_ranks
     from cemg.evaluation.protocol import prior_items
     from cemg.features.artifact import ItemFeatures
-    from cemg.generator.content_prior import ContentPriorRecommender, content_column_scale, rank_candidates
+    from cemg.generator.content_prior import (ContentPriorRecommender, content_column_scale, popularity_penalty,
+                                              rank_candidates)
     from cemg.run_folder import RunFolder, load_run_config
 
     cfg = load_run_config(args.run)
@@ -100,7 +101,8 @@ def main() -> None:
                                         0.0, args.candidates, scale)
         valid = split.part("valid")
         exclude = prior_items(split, "valid") if cfg.evaluation.mask_history else None
-        log_count = torch.log1p(torch.from_numpy(split.train_item_counts()).float())
+        counts = split.train_item_counts()
+        penalties = {tau: popularity_penalty(counts, tau) if tau else None for tau in adjustments}
         lists: dict[tuple[float, float], list[np.ndarray]] = {(tau, w): [] for tau in adjustments for w in weights}
         batch = prior.config.eval_batch_size
         for lo in range(0, len(valid), batch):
@@ -110,10 +112,9 @@ def main() -> None:
             with torch.no_grad():
                 pool, log_p, cosine = prior.candidates_of(histories, beam, excl)
             for tau in adjustments:
-                adjusted = log_p - tau * log_count[pool.clamp(min=0)] if tau else log_p
                 for w in weights:
-                    lists[(tau, w)].append(rank_candidates(pool, adjusted, cosine, w, max(ks))[0])
-        cold = split.train_item_counts()[valid.targets] <= cfg.evaluation.cold_start_max_train
+                    lists[(tau, w)].append(rank_candidates(pool, log_p, cosine, w, max(ks), penalties[tau])[0])
+        cold = counts[valid.targets] <= cfg.evaluation.cold_start_max_train
         for tau in adjustments:
             rows = {}
             for w in weights:

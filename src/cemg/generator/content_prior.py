@@ -76,8 +76,8 @@ class ContentPriorRecommender:
         if self.popularity_adjustment and (self.train_counts is None or len(self.train_counts) != len(content)):
             raise ValueError("generator.content_prior.popularity_adjustment needs the training interactions of "
                              f"each of the {len(content)} items")
-        self.penalty = None if not self.popularity_adjustment else (
-            self.popularity_adjustment * torch.log1p(torch.from_numpy(self.train_counts).float())).to(generator.device)
+        self.penalty = None if not self.popularity_adjustment else popularity_penalty(
+            self.train_counts, self.popularity_adjustment).to(generator.device)
 
     # What the API and evaluation read off a generator.
     @property
@@ -138,10 +138,7 @@ class ContentPriorRecommender:
         return self.recommend_with_scores(histories, k, exclude)[0]
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
-        pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude)
-        if self.penalty is not None:
-            log_p = log_p - self.penalty[pool.clamp(min=0)]
-        return rank_candidates(pool, log_p, cosine, self.weight, k)
+        return rank_candidates(*self.candidates_of(histories, beam_items, exclude), self.weight, k, self.penalty)
 
     def candidates_of(self, histories, beam_items: np.ndarray, exclude) -> tuple[torch.Tensor, ...]:
         """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
@@ -163,9 +160,17 @@ class ContentPriorRecommender:
         return pool, log_p.masked_fill(pool < 0, NEG_INF), similarity.gather(1, pool.clamp(min=0))
 
 
+def popularity_penalty(train_counts: np.ndarray, adjustment: float) -> torch.Tensor:
+    """(items,) adjustment x log(1 + training interactions): what the popularity adjustment subtracts."""
+    return adjustment * torch.log1p(torch.from_numpy(np.asarray(train_counts, dtype=np.int64)).float())
+
+
 def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top k of log_p + weight x cosine per row: (items, scores) as numpy, -1 / -inf padded."""
+                    k: int, penalty: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of log_p + weight x cosine (minus `penalty`, per item, when given) per row: (items,
+    scores) as numpy, -1 / -inf padded."""
+    if penalty is not None:
+        log_p = log_p - penalty[pool.clamp(min=0)]
     score = log_p + weight * cosine
     top_score, top = score.topk(min(k, score.shape[1]), dim=1)
     items = pool.gather(1, top).masked_fill(top_score == NEG_INF, -1)
