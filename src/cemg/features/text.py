@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cemg.artifacts import fingerprint
+from cemg.artifacts import SOURCE_DIGESTS, fingerprint, source_digest
 from cemg.data.dataset import ItemTable
 from cemg.features.encoded import EncodedModality, EncoderUnavailable, VectorCache, content_key
 
@@ -40,17 +40,16 @@ def item_texts(items: ItemTable, fields: list[str]) -> list[str]:
     return [items.text(i, fields) for i in range(len(items))]
 
 
-def _model_identity(name: str, pooling: str, max_length: int) -> dict:
-    """What the cached vectors depend on. For a local folder the weight files' sizes and times stand
-    in for their content, so replacing the weights starts a fresh cache without hashing gigabytes."""
-    resolved = resolve_text_model(name)
-    identity: dict = {"model": name, "path": resolved, "pooling": pooling, "max_length": max_length}
-    folder = Path(resolved)
-    if folder.is_dir():
-        identity["files"] = sorted(
-            (p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file()
-        )
-    return identity
+def _model_identity(name: str, pooling: str, max_length: int, cache_dir: Path | None = None) -> dict:
+    """What the cached vectors depend on. A local model folder (the packaged default resolves to
+    one) counts by content, not by where it lies or when it was written: a fresh clone, a new virtual
+    environment or a copied folder keeps the cache, replaced weights start a new one. The digest is
+    memoised in cache_dir (cemg.artifacts.source_digest), so the weights are read once."""
+    folder = Path(resolve_text_model(name))
+    if not folder.is_dir():  # a hub name: the name is the identity
+        return {"model": name, "pooling": pooling, "max_length": max_length}
+    memo = None if cache_dir is None else Path(cache_dir) / SOURCE_DIGESTS
+    return {"model_sha256": source_digest(folder, memo), "pooling": pooling, "max_length": max_length}
 
 
 def _load(resolved: str, device: str):
@@ -88,7 +87,7 @@ def encode_texts(
     if pooling not in ("cls", "mean"):
         raise ValueError(f"text pooling must be 'cls' or 'mean', not {pooling!r}")
     start = time.perf_counter()
-    identity = _model_identity(model, pooling, max_length)
+    identity = _model_identity(model, pooling, max_length, cache_dir)
     folder = None if cache_dir is None else Path(cache_dir) / "text" / fingerprint(identity)
     cache = VectorCache(folder, description=identity)
 
@@ -103,7 +102,7 @@ def encode_texts(
         model, pooling, len(texts), int((~mask).sum()), n_cached, len(todo),
     )
     if todo:
-        _encode_missing(todo, identity["path"], pooling, batch_size, max_length, device, cache)
+        _encode_missing(todo, resolve_text_model(model), pooling, batch_size, max_length, device, cache)
     cache.flush()
 
     dim = len(cache.get(keys[present[0]])) if len(present) else 0
