@@ -18,6 +18,10 @@ generator and evaluation stages of every seed. The pipeline rechecks every copie
 hash and rebuilds the ones whose inputs differ, so a copy is never trusted blindly. Without a
 finished base run, the first variant builds the shared stages and the others copy them from it.
 
+"attention" is also the default row of the dataset's table (bench/<dataset>_tables.py, same command
+without overrides): seeds its own folder lacks are taken from that row (`reference_from_table`), so
+`--variants concat mean content_attention` need not retrain the default.
+
 Reports test HR@5/10 and NDCG@5/10 (all users and cold-start targets, <= 5 training interactions)
 as mean ± std over the seeds, and each variant against attention by a paired test across seeds and
 across users (cemg.evaluation.seeds.compare_seeds). Writes bench/results/fusion_variants_<dataset>.json
@@ -40,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
-from dataset_tables import cell, copy_shared, evaluation_hashes, seed_results  # noqa: E402
-from kept_results import with_kept  # noqa: E402
+from dataset_tables import cell, copy_shared, evaluation_hashes, seed_results, seeds_from_earlier  # noqa: E402
+from kept_results import kept, with_kept  # noqa: E402
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.config import load_config  # noqa: E402
 from cemg.evaluation.seeds import compare_seeds, spread  # noqa: E402
@@ -68,6 +72,26 @@ def copy_stages(source: Path, target: Path, variant: str) -> None:
     reference variant has the base run's hash, so its trained stages are taken too."""
     reference = variant == REFERENCE
     copy_shared(target, (*SHARED_STAGES, *(SEEDED_STAGES if reference else ())), reference, source, SEEDED_STAGES)
+
+
+def reference_from_table(dataset: str, config: str, seeds: list[int], base: Path) -> tuple[dict, str | None]:
+    """The paper's attention is the config's default fusion, so the default row ("semantic") of the
+    dataset's table (bench/<dataset>_tables.py) is the same configuration, trained from the same
+    base run: its seeds stand in for those the reference's own folder lacks. They come from the base
+    run folder, else from bench/results/per_user, else as metrics only from the table's JSON (then
+    they count in the test across seeds, not in the one across users). Returns ({}, None) where the
+    table's row is not that configuration."""
+    table = ROOT / "bench" / "results" / f"{dataset}_tables.json"
+    if not table.is_file():
+        return {}, None
+    row = json.loads(table.read_text(encoding="utf-8")).get("rows", {}).get("semantic")
+    command = f"cemg run --config {config} --seeds {','.join(map(str, seeds))} --quiet"
+    if not row or row.get("command") != command:
+        return {}, None
+    results = seed_results(base, seeds)
+    results.update({s: r for s, r in kept(dataset, "semantic", seeds).items() if s not in results})
+    results.update(seeds_from_earlier(row, command, [s for s in seeds if s not in results]))
+    return results, command
 
 
 def cemg_command(config: str, seeds: list[int], variant: str, run_dir: Path, extra: list[str]) -> list[str]:
@@ -102,7 +126,10 @@ def markdown(dataset: str, rows: dict, comparisons: dict, machine_name: str) -> 
             if "HR@10" in key or "NDCG@10" in key:
                 lines.append(f"- {key}: {c['verdict']}")
         lines.append("")
-    lines += ["Commands:", *[f"- {LABELS[v]}: `{r['command']}`" for v, r in rows.items()]]
+    lines += ["Commands:", *[f"- {LABELS[v]}: `{r['command']}`"
+                             + (f" (seeds {r['seeds_from_table_default_row']}: the default row of "
+                                f"bench/{dataset}_tables.py)" if r.get("seeds_from_table_default_row") else "")
+                             for v, r in rows.items()]]
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +174,15 @@ def main() -> None:
         from_runs = seed_results(run_dir, seeds)
         results = with_kept(f"fusion_{cfg.data.name}", variant, seeds, from_runs, " ".join(commands[variant]),
                             evaluation_hashes(run_dir, from_runs))
+        borrowed: list[int] = []
+        if variant == REFERENCE and set(results) != set(seeds) and not args.overrides and cfg.tokenizer.fusion == REFERENCE:
+            from_table, table_command = reference_from_table(cfg.data.name, args.config, seeds, base)
+            borrowed = sorted(set(from_table) - set(results))
+            if borrowed:
+                log.info("%s: seeds %s from the default row of bench/%s_tables.py (%s)", variant, borrowed,
+                         cfg.data.name, table_command)
+                results = {**{s: from_table[s] for s in borrowed}, **results}
+                commands[variant] = table_command.split()
         if not results:
             log.warning("%s: no finished seed in %s", variant, run_dir)
             continue
@@ -154,7 +190,8 @@ def main() -> None:
             log.warning("%s: only seeds %s of %s are finished", variant, sorted(results), seeds)
         per_variant[variant] = results
         rows[variant] = {"label": LABELS[variant], "run_dir": str(run_dir), "seeds": sorted(results),
-                         "command": " ".join(commands[variant]), "spread": spread(results)}
+                         "command": " ".join(commands[variant]), "spread": spread(results),
+                         "seeds_from_table_default_row": borrowed}
     comparisons = {}
     if REFERENCE in per_variant:
         for variant in [v for v in per_variant if v != REFERENCE]:
