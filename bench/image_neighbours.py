@@ -65,7 +65,10 @@ class ContentNeighbours:
         return np.where(np.isfinite(np.take_along_axis(scores, top, 1)), top, -1)
 
 
-def neighbour_metrics(run_dir: Path, part: str = "test") -> dict:
+MODALITIES = ("image", "text", "content")
+
+
+def neighbour_metrics(run_dir: Path, part: str = "test", modalities=MODALITIES) -> dict:
     cfg = load_run_config(run_dir)
     folder = RunFolder(Path(run_dir))
     dataset = InteractionDataset.load(folder.stage("data"))
@@ -82,7 +85,7 @@ def neighbour_metrics(run_dir: Path, part: str = "test") -> dict:
         "modalities": {},
     }
     ranks = {}
-    for name in ("image", "text", "content"):
+    for name in modalities:
         if name == "content":
             # What a content-reading generator and the content prior see (ItemFeatures.content_matrix:
             # both modalities' unit blocks side by side, so the cosine averages the two).
@@ -134,11 +137,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("run_dir", type=Path, help="a run folder finished through the features stage")
     parser.add_argument("--part", choices=("test", "valid"), default="test")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/image_neighbours_<run>.json")
+    parser.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES),
+                        help="which rankings to score (e.g. image content, to compare image encoders: "
+                             "the text ranking does not depend on them)")
     args = parser.parse_args(argv)
-    result = neighbour_metrics(args.run_dir, args.part)
+    result = neighbour_metrics(args.run_dir, args.part, args.modalities)
     command = f"python bench/image_neighbours.py {args.run_dir}"
     if args.part != "test":
         command += f" --part {args.part}"
+    if list(args.modalities) != list(MODALITIES):
+        command += " --modalities " + " ".join(args.modalities)
     record = {"command": command, "run": str(args.run_dir), **result}
     out = args.out or RESULTS / f"image_neighbours_{Path(args.run_dir).resolve().name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

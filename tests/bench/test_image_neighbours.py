@@ -69,6 +69,14 @@ def test_the_next_item_is_the_nearest_unseen_image_neighbour(bench, ring_run, tm
     assert overlap["both"] == overlap["text_hits"] and overlap["image_only"] == 24 - overlap["text_hits"]
 
 
+def test_only_the_chosen_modalities_are_scored(bench, ring_run, tmp_path):
+    out = bench.main([str(ring_run), "--modalities", "image", "content", "--out", str(tmp_path / "o.json")])
+    record = json.loads(out.read_text())
+    assert record["command"] == f"python bench/image_neighbours.py {ring_run} --modalities image content"
+    assert set(record["modalities"]) == {"image", "content"} and "overlap" not in record
+    assert record["modalities"]["image"]["metrics"]["HR@10"] == 1.0
+
+
 def test_no_list_without_a_vector_and_nothing_seen_is_recommended(bench):
     unit = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]] + 0.1  # items 0 and 1 identical
     mask = np.array([True, True, True, True, False])
