@@ -281,7 +281,7 @@ def load_generator(run: Path | str | RunFolder, cfg: CEMGConfig, device: str = "
         from cemg.features.artifact import ItemFeatures
 
         counts = None
-        if prior.popularity_adjustment:
+        if prior.popularity_adjustment or prior.cold_weight:
             from cemg.data.dataset import InteractionDataset
             from cemg.data.split import leave_one_out
 

@@ -326,8 +326,7 @@ def _print_generator(run) -> None:
 
         reads_content = getattr(getattr(generator, "model", None), "content_in", None) is not None
         prior = (getattr(run.artifacts.get("ranker"), "info", None) or {}).get("content_prior") or {}
-        print("generator: " + describe_generator(info, reads_content, prior.get("weight", 0.0),
-                                                 prior.get("image_weight", 1.0), prior.get("popularity_adjustment", 0.0)))
+        print("generator: " + describe_generator(info, reads_content, prior))
 
 
 def _print_results(run, k_names: list[str] | None = None) -> None:

@@ -230,6 +230,10 @@ class ContentPriorConfig(_Section):
     # Minus this x log(1 + the item's training interactions) on every candidate's score: logit
     # adjustment over items (content_prior.py says why). 0: off; runs made before it existed have 0.
     popularity_adjustment: float = Field(default=0.0, ge=0.0)
+    # Plus this x 5 / (5 + the item's training interactions) on the cosine's weight: the content counts
+    # more for an item the generator rarely saw as a target (content_prior.py). 0: off; runs made
+    # before it existed have 0.
+    cold_weight: float = Field(default=0.0, ge=0.0)
 
 
 class GeneratorConfig(_Section):

@@ -245,9 +245,9 @@ def run_pipeline(
         return result
 
     prior = cfg.generator.content_prior
-    # image_weight and popularity_adjustment were added after runs were evaluated: each is left out
-    # at its default, as above, so those runs keep their evaluation.
-    added_later = {"image_weight": 1.0, "popularity_adjustment": 0.0}
+    # image_weight, popularity_adjustment and cold_weight were added after runs were evaluated: each
+    # is left out at its default, as above, so those runs keep their evaluation.
+    added_later = {"image_weight": 1.0, "popularity_adjustment": 0.0, "cold_weight": 0.0}
     prior_section = prior.model_dump(mode="json", exclude={k for k, v in added_later.items() if getattr(prior, k) == v})
     h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
                          *([prior_section, h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))

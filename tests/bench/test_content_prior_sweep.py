@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "content_prior.py"
 
 
@@ -60,7 +62,8 @@ def test_an_image_weight_sweep_matches_the_configured_prior(tiny_run, tmp_path):
     assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics
 
 
-def test_a_popularity_adjustment_grid_writes_one_file_each_and_matches_the_configured_prior(tiny_run, tmp_path):
+@pytest.mark.parametrize("field, flag", [("popularity_adjustment", "--adjustments"), ("cold_weight", "--cold-weights")])
+def test_an_adjustment_grid_writes_one_file_each_and_matches_the_configured_prior(tiny_run, tmp_path, field, flag):
     from cemg.api import load_generator
     from cemg.data.dataset import InteractionDataset
     from cemg.data.split import leave_one_out
@@ -69,18 +72,19 @@ def test_a_popularity_adjustment_grid_writes_one_file_each_and_matches_the_confi
 
     out = tmp_path / "sweep.json"
     done = subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), "--seeds", "42", "--weights", "4",
-                           "--candidates", "6", "--adjustments", "0.5", "--out", str(out)], check=True,
+                           "--candidates", "6", flag, "0.5", "--out", str(out)], check=True,
                           capture_output=True, text=True)
-    assert "adjustment 0.5" in done.stdout
+    assert ("adjustment 0.5" if field == "popularity_adjustment" else "cold weight 0.5") in done.stdout
     result = json.loads(out.read_text())
-    assert result["popularity_adjustment"] == 0.5
+    assert result[field] == 0.5
     cfg = load_run_config(tiny_run)
-    prior = cfg.generator.content_prior.model_copy(update={"weight": 4.0, "candidates": 6, "popularity_adjustment": 0.5})
+    prior = cfg.generator.content_prior.model_copy(update={"weight": 4.0, "candidates": 6, field: 0.5})
     cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"content_prior": prior})})
     folder = RunFolder.open(tiny_run, 42)
     split = leave_one_out(InteractionDataset.load(folder.stage("data")), cfg.data.max_history)
     ranker = load_generator(folder, cfg, "cpu")  # counts read from the run's data stage
+    assert ranker.info["content_prior"][field] == 0.5
     assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics
-    two = subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), "--adjustments", "0,1", "--out", str(out)],
+    two = subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), flag, "0,1", "--out", str(out)],
                          capture_output=True, text=True)
-    assert two.returncode != 0 and "one --adjustments value" in two.stderr
+    assert two.returncode != 0 and "one --adjustments and one --cold-weights value" in two.stderr

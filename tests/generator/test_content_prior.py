@@ -107,9 +107,13 @@ def test_the_image_weight_scales_the_image_block_of_the_cosine_also_for_added_it
     assert prior.info["content_prior"]["image_weight"] == 0.5
     from cemg.generator.recommender import describe_generator
 
-    assert describe_generator({"backbone": "causal"}, False, 8, 0.5).endswith("content prior weight 8 (image block x 0.5)")
-    assert describe_generator({"backbone": "causal"}, False, 8, 1.0, 0.25).endswith(
+    causal = {"backbone": "causal"}
+    assert describe_generator(causal, False, {"weight": 8, "image_weight": 0.5}).endswith(
+        "content prior weight 8 (image block x 0.5)")
+    assert describe_generator(causal, False, {"weight": 8, "popularity_adjustment": 0.25}).endswith(
         "content prior weight 8, popularity adjustment 0.25")
+    assert describe_generator(causal, False, {"weight": 8, "cold_weight": 4}).endswith("prior weight 8, cold weight 4")
+    assert "prior" not in describe_generator(causal, False, {"weight": 0, "cold_weight": 4})
 
 
 def test_the_popularity_adjustment_subtracts_tau_log_count_and_added_items_count_zero(generator):
@@ -139,6 +143,37 @@ def test_the_popularity_adjustment_subtracts_tau_log_count_and_added_items_count
         ContentPriorRecommender(generator, content, 3.0, 5, None, None, 0.7)
 
 
+def test_the_cold_weight_raises_the_cosine_weight_of_rarely_seen_items_and_of_added_ones(generator):
+    content = toy_content(generator.n_items, dim=4, seed=2)
+    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
+    counts = np.random.default_rng(1).integers(0, 50, generator.n_items)
+    counts[:3] = [0, 5, 45]
+    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
+    exclude = [np.unique(h) for h in histories]
+    prior = ContentPriorRecommender(generator, content, 3.0, generator.n_items, None, counts, 0.2, cold_weight=4.0)
+    # weight + cold x 5 / (5 + n): all of it for an item never seen, half at 5 interactions, a tenth at 45
+    np.testing.assert_allclose(prior.item_weight[:3].numpy(), [7.0, 5.0, 3.4], rtol=1e-6)
+    items, scores = prior.recommend_with_scores(histories, 8, exclude)
+    exact = generator.model.sequence_log_probs(generator.last_states(histories), torch.arange(generator.n_items),
+                                               generator.tree).detach().numpy()
+    for row, history in enumerate(histories):
+        want = exact[row] + (3.0 + 4.0 * 5 / (5 + counts)) * (unit @ unit[history[-1]]) - 0.2 * np.log1p(counts)
+        want[history] = -np.inf
+        order = np.argsort(-want, kind="stable")[:8]
+        assert items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+    assert prior.info["content_prior"]["cold_weight"] == 4.0
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in [4, 4, 3]], indexing="ij"), -1).reshape(-1, 3)
+    unused = [row for row in grid.tolist() if row not in generator.semantic_ids.codes.tolist()][:1]
+    wider = prior.with_catalogue(SemanticIds(np.concatenate([generator.semantic_ids.codes, unused]), [4, 4, 3]),
+                                 toy_content(1, dim=4, seed=9))
+    assert float(wider.item_weight[-1]) == 7.0 and wider.cold_weight == 4.0  # an added item: never seen
+    with pytest.raises(ValueError, match="cold_weight needs the training interactions"):
+        ContentPriorRecommender(generator, content, 3.0, 5, None, None, 0.0, cold_weight=1.0)
+    with pytest.raises(ValueError, match="cold_weight must be >= 0"):
+        ContentPriorRecommender(generator, content, 3.0, 5, None, counts, 0.0, cold_weight=-1.0)
+
+
 def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny_run, tmp_path):
     import json
     import shutil
@@ -163,9 +198,15 @@ def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny
     hashes = result.hashes
     adjusted = load_config(run / "config.yaml", ["generator.content_prior.weight=2.0", "generator.content_prior.candidates=8",
                                                  "generator.content_prior.popularity_adjustment=0.5", f"run_dir={run}"])
-    assert run_pipeline(adjusted).hashes["evaluation"] != hashes["evaluation"]
+    adjusted_hash = run_pipeline(adjusted).hashes["evaluation"]
+    assert adjusted_hash != hashes["evaluation"]
     assert Recommender.load(run, device="cpu").generator.info["content_prior"]["popularity_adjustment"] == 0.5
     assert run_pipeline(cfg).hashes["evaluation"] == hashes["evaluation"]
+    cold = load_config(run / "config.yaml", ["generator.content_prior.weight=2.0", "generator.content_prior.candidates=8",
+                                             "generator.content_prior.cold_weight=3", f"run_dir={run}"])
+    assert run_pipeline(cold).hashes["evaluation"] not in (hashes["evaluation"], adjusted_hash)
+    assert Recommender.load(run, device="cpu").generator.info["content_prior"]["cold_weight"] == 3.0
+    run_pipeline(cfg)
     items = tmp_path / "new.jsonl"
     items.write_text(json.dumps({"item_id": "n1", "title": "Velvet Matte Lipstick", "brand": "Acme",
                                  "categories": ["lips"]}) + "\n", encoding="utf-8")

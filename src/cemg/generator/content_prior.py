@@ -25,6 +25,13 @@ here over items. The generator learns which codes are frequent targets, and an i
 interactions sits under codes it rarely saw as targets (docs/results.md, "Cold start: the ids encoded
 coldness"); the adjustment gives such items back some of what that frequency took. An item added
 after training counts 0 interactions. Off (0) unless the config sets it.
+
+`cold_weight` c trusts the content more where the generator knows an item less: the cosine's weight
+for an item with n training interactions is weight + c x 5 / (5 + n), so an item never seen (a new
+one) gets weight + c, one with 5 interactions (the paper's cold-start bound) weight + c/2, a popular
+one about weight. Unlike the popularity adjustment, which lifts every rare item alike, it lifts a
+rare item by as much as its content resembles the last item's, the one signal such an item has.
+Off (0) unless the config sets it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 from cemg.tokenizer.semantic_ids import SemanticIds
 
 NEG_INF = float("-inf")
+COLD_HALF = 5  # training interactions at which the cold weight's boost has halved (see above)
 
 
 def _unit_rows(content: np.ndarray) -> torch.Tensor:
@@ -50,11 +58,11 @@ class ContentPriorRecommender:
 
     def __init__(self, generator, content: np.ndarray, weight: float, candidates: int = 50,
                  column_scale: np.ndarray | None = None, train_counts: np.ndarray | None = None,
-                 popularity_adjustment: float = 0.0):
+                 popularity_adjustment: float = 0.0, cold_weight: float = 0.0):
         """`content` (items, c): ItemFeatures.content_matrix rows, as the items bring them;
         `column_scale` (c,): a factor per column applied before the rows are scaled to unit length
         (the image weight; None: all 1); `train_counts` (items,): training interactions per item,
-        which `popularity_adjustment` needs."""
+        which `popularity_adjustment` and `cold_weight` need."""
         if not hasattr(getattr(generator, "model", None), "pair_log_probs"):
             raise ValueError("generator.content_prior needs the causal backbone (it scores given items exactly)")
         if len(content) != generator.n_items:
@@ -69,15 +77,19 @@ class ContentPriorRecommender:
             raise ValueError(f"{self.column_scale.shape} column scales for content of width {self.source.shape[1]}")
         scaled = self.source if self.column_scale is None else self.source * self.column_scale
         self.content = _unit_rows(scaled).to(generator.device)
-        self.popularity_adjustment = float(popularity_adjustment)
-        if self.popularity_adjustment < 0:
-            raise ValueError(f"generator.content_prior.popularity_adjustment must be >= 0, got {popularity_adjustment}")
+        self.popularity_adjustment, self.cold_weight = float(popularity_adjustment), float(cold_weight)
         self.train_counts = None if train_counts is None else np.asarray(train_counts, dtype=np.int64)
-        if self.popularity_adjustment and (self.train_counts is None or len(self.train_counts) != len(content)):
-            raise ValueError("generator.content_prior.popularity_adjustment needs the training interactions of "
-                             f"each of the {len(content)} items")
+        for name, value in (("popularity_adjustment", self.popularity_adjustment), ("cold_weight", self.cold_weight)):
+            if value < 0:
+                raise ValueError(f"generator.content_prior.{name} must be >= 0, got {value}")
+            if value and (self.train_counts is None or len(self.train_counts) != len(content)):
+                raise ValueError(f"generator.content_prior.{name} needs the training interactions of "
+                                 f"each of the {len(content)} items")
         self.penalty = None if not self.popularity_adjustment else popularity_penalty(
             self.train_counts, self.popularity_adjustment).to(generator.device)
+        # the cosine's weight: one number, or one per item with a cold weight
+        self.item_weight = self.weight if not self.cold_weight else content_weights(
+            self.train_counts, self.weight, self.cold_weight).to(generator.device)
 
     # What the API and evaluation read off a generator.
     @property
@@ -101,6 +113,8 @@ class ContentPriorRecommender:
         prior = {"weight": self.weight, "candidates": self.candidates}
         if self.popularity_adjustment:
             prior["popularity_adjustment"] = self.popularity_adjustment
+        if self.cold_weight:
+            prior["cold_weight"] = self.cold_weight
         scales = set() if self.column_scale is None else {float(x) for x in self.column_scale} - {1.0}
         if len(scales) == 1:  # the only scaled block is the image's (content_column_scale)
             prior["image_weight"] = scales.pop()
@@ -116,13 +130,14 @@ class ContentPriorRecommender:
         counts = None if self.train_counts is None else np.concatenate([self.train_counts, np.zeros(n_added, np.int64)])
         return ContentPriorRecommender(self.generator.with_catalogue(semantic_ids, added_content), content,
                                        self.weight, self.candidates, self.column_scale, counts,
-                                       self.popularity_adjustment)
+                                       self.popularity_adjustment, self.cold_weight)
 
     @torch.no_grad()
     def recommend_with_scores(
         self, histories: Sequence[np.ndarray], k: int, exclude: Sequence[np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(items (n, k), scores (n, k)) best first, -1 / -inf padded; a score is log p + weight x cos."""
+        """(items (n, k), scores (n, k)) best first, -1 / -inf padded; a score is log p + weight x cos
+        (the weight per item with a cold weight, minus the popularity penalty when set)."""
         n = len(histories)
         beam_items, _ = self.generator.recommend_with_scores(histories, max(k, self.candidates), exclude)
         items_out = np.full((n, k), -1, dtype=np.int64)
@@ -138,7 +153,7 @@ class ContentPriorRecommender:
         return self.recommend_with_scores(histories, k, exclude)[0]
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return rank_candidates(*self.candidates_of(histories, beam_items, exclude), self.weight, k, self.penalty)
+        return rank_candidates(*self.candidates_of(histories, beam_items, exclude), self.item_weight, k, self.penalty)
 
     def candidates_of(self, histories, beam_items: np.ndarray, exclude) -> tuple[torch.Tensor, ...]:
         """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
@@ -165,12 +180,21 @@ def popularity_penalty(train_counts: np.ndarray, adjustment: float) -> torch.Ten
     return adjustment * torch.log1p(torch.from_numpy(np.asarray(train_counts, dtype=np.int64)).float())
 
 
-def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float,
+def content_weights(train_counts: np.ndarray, weight: float, cold_weight: float) -> torch.Tensor:
+    """(items,) weight + cold_weight x COLD_HALF / (COLD_HALF + training interactions): the cosine's
+    weight per item under a cold weight."""
+    counts = torch.from_numpy(np.asarray(train_counts, dtype=np.int64)).float()
+    return weight + cold_weight * COLD_HALF / (COLD_HALF + counts)
+
+
+def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
                     k: int, penalty: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The top k of log_p + weight x cosine (minus `penalty`, per item, when given) per row: (items,
-    scores) as numpy, -1 / -inf padded."""
+    scores) as numpy, -1 / -inf padded. `weight`: one number, or one per item (content_weights)."""
     if penalty is not None:
         log_p = log_p - penalty[pool.clamp(min=0)]
+    if isinstance(weight, torch.Tensor):
+        weight = weight[pool.clamp(min=0)]
     score = log_p + weight * cosine
     top_score, top = score.topk(min(k, score.shape[1]), dim=1)
     items = pool.gather(1, top).masked_fill(top_score == NEG_INF, -1)
@@ -185,14 +209,14 @@ def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tenso
 def with_content_prior(generator, cfg, features, train_counts: np.ndarray | None = None):
     """`generator` as `cfg.generator.content_prior` asks (unchanged at weight 0); `features`: the run's
     ItemFeatures, read over the modalities the tokenizer uses; `train_counts`: training interactions
-    per item (SplitDataset.train_item_counts), needed with a popularity adjustment."""
+    per item (SplitDataset.train_item_counts), needed with a popularity adjustment or a cold weight."""
     prior = cfg.generator.content_prior
     if not prior.weight:
         return generator
     content = features.content_matrix(cfg.tokenizer.content_modalities)
     return ContentPriorRecommender(generator, content, prior.weight, prior.candidates,
                                    content_column_scale(features, cfg.tokenizer.content_modalities, prior.image_weight),
-                                   train_counts, prior.popularity_adjustment)
+                                   train_counts, prior.popularity_adjustment, prior.cold_weight)
 
 
 def content_column_scale(features, modalities, image_weight: float) -> np.ndarray | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +50,21 @@ def load_generator_meta(folder: Path, meta_file: str) -> tuple[dict, SemanticIds
     return meta, semantic_ids, GeneratorConfig.model_validate(meta["config"])
 
 
-def describe_generator(info: dict, reads_content: bool = False, prior_weight: float = 0.0,
-                       prior_image_weight: float = 1.0, popularity_adjustment: float = 0.0) -> str:
+def describe_generator(info: dict, reads_content: bool = False, prior: Mapping | None = None) -> str:
     """The model behind a result in one line (mode, backbone, size, content options), as `cemg run`
-    prints it and the report shows it; `info` is a trained generator's info record."""
+    prints it and the report shows it; `info` is a trained generator's info record, `prior` the
+    content prior's settings (generator.content_prior's fields; absent ones at their defaults)."""
     params = info.get("n_parameters")
+    prior = prior or {}
+    weight = prior.get("weight", 0.0)
+    image_weight, adjustment, cold = (prior.get(k, d) for k, d in
+                                      (("image_weight", 1.0), ("popularity_adjustment", 0.0), ("cold_weight", 0.0)))
     return (f"{info.get('mode', 'semantic')} mode, {info.get('backbone', '?')} backbone"
             + (f", {params:,} parameters" if params else "") + (", reads item content" if reads_content else "")
-            + (f", content prior weight {prior_weight:g}" if prior_weight else "")
-            + (f" (image block x {prior_image_weight:g})" if prior_weight and prior_image_weight != 1.0 else "")
-            + (f", popularity adjustment {popularity_adjustment:g}" if prior_weight and popularity_adjustment else ""))
+            + (f", content prior weight {weight:g}" if weight else "")
+            + (f" (image block x {image_weight:g})" if weight and image_weight != 1.0 else "")
+            + (f", cold weight {cold:g}" if weight and cold else "")
+            + (f", popularity adjustment {adjustment:g}" if weight and adjustment else ""))
 
 
 class SemanticIdRecommender:

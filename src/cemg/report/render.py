@@ -94,8 +94,8 @@ def _overview(c: RunContent) -> Section:
         g = c.generator_info
         prior = cfg.generator.content_prior
         image_weight = prior.image_weight if "image" in cfg.tokenizer.content_modalities else 1.0
-        rows.append(["generator", describe_generator(g, g.get("reads_content", False), prior.weight, image_weight,
-                                                     prior.popularity_adjustment)
+        rows.append(["generator", describe_generator(g, g.get("reads_content", False),
+                                                     {**prior.model_dump(), "image_weight": image_weight})
                      + f", beam {cfg.generator.beams}"])
     rows.append(["report written", time.strftime("%Y-%m-%d %H:%M")])
     return Section("Overview", [Table(["", ""], rows)])
