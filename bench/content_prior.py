@@ -8,7 +8,7 @@
 For each seed of a finished causal semantic run, the trained generator (not retrained) ranks the
 validation users' next items with the content prior at each weight (cemg.generator.content_prior);
 weight 0 is the re-ranked beam alone. Test is not read. Writes
-bench/results/content_prior_<run name>.json (content_prior_<run name>-image<a>.json with
+bench/results/content_prior_<run name>.json (--name sets the name; content_prior_<name>-image<a>.json with
 --image-weight a, generator.content_prior.image_weight; -pop<tau> for each tau of --adjustments but 0,
 generator.content_prior.popularity_adjustment; -cold<c> for each c of --cold-weights but 0,
 generator.content_prior.cold_weight): per seed and weight the validation metrics
@@ -70,6 +70,7 @@ def main() -> None:
                         help="generator.content_prior.popularity_adjustment values (one output file each)")
     parser.add_argument("--cold-weights", default="0",
                         help="generator.content_prior.cold_weight values (one output file each)")
+    parser.add_argument("--name", default=None, help="the run's name in the output files (default: the folder's)")
     parser.add_argument("--out", type=Path, default=None,
                         help="the output file (one --adjustments and one --cold-weights value only)")
     args = parser.parse_args()
@@ -141,7 +142,7 @@ def main() -> None:
     for (tau, cold), result in results.items():
         suffix = (("" if args.image_weight == 1.0 else f"-image{args.image_weight:g}") + (f"-pop{tau:g}" if tau else "")
                   + (f"-cold{cold:g}" if cold else ""))
-        out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.run.name}{suffix}.json"
+        out = args.out or ROOT / "bench" / "results" / f"content_prior_{args.name or args.run.name}{suffix}.json"
         if out.is_file():  # seeds measured by an earlier invocation with the same grid stay
             result = merge(json.loads(out.read_text(encoding="utf-8")), result)
         summarise(result)
