@@ -7,13 +7,13 @@ Run from the repository root (configs/beauty.yaml reads ../shared/data):
     python bench/beauty_tables.py --rows semantic hybrid --no-docs
 
 Rows: CEMG's semantic generator (the default: it reads each item's codes and content and ranks with
-the content prior), the same generator without the prior, the same ids with a generator that reads
-codes only (the paper's form), the same ids with the hybrid generator, LETTER's
-published ids and text-only RQ-VAE ids with our semantic generator, SASRec (3 seeds each), and
-GRU4Rec and Popularity from bench/results/baselines_beauty.json (one seed, `python
-bench/baselines_beauty.py`). How rows are trained and compared: bench/dataset_tables.py. Writes
-bench/results/beauty_tables.json and the "## Beauty: overall and cold start" section of
-docs/results.md.
+the content prior and its cold weight), the same generator without the cold weight, without the
+prior, the same ids with a generator that reads codes only (the paper's form), the same ids with the
+hybrid generator, LETTER's published ids and text-only RQ-VAE ids with our semantic generator,
+SASRec (3 seeds each), and GRU4Rec and Popularity from bench/results/baselines_beauty.json (one
+seed, `python bench/baselines_beauty.py`). How rows are trained and compared:
+bench/dataset_tables.py. Writes bench/results/beauty_tables.json and the "## Beauty: overall and
+cold start" section of docs/results.md.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ BEAUTY = Tables(
     rows={
         "semantic": Row("CEMG, semantic generator (default: codes and item content, content prior; "
                         "no per-item parameter)"),
+        "semantic_no_cold": Row("CEMG, semantic generator, content prior without its cold weight",
+                                ("generator.content_prior.cold_weight=0", "run_dir=runs/beauty-no-cold"),
+                                ALL + ("tokenizer", "generator"), True, ("tokenizer", "generator")),
         "semantic_no_prior": Row("CEMG, semantic generator reading codes and item content, no content prior",
                                  ("generator.content_prior.weight=0", "run_dir=runs/beauty-no-prior"),
                                  ALL + ("tokenizer", "generator"), True, ("tokenizer", "generator")),

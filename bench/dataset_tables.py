@@ -54,6 +54,11 @@ class Row:
     shared_tokenizers: bool = False  # the same ids as the default run: per-seed tokenizers copied too
     shared_seeded: tuple[str, ...] = ("tokenizer",)  # which per-seed stages `shared_tokenizers` copies
     seeds: tuple[int, ...] = SEEDS
+    # the row it is tested against: the default row, or one measured with the same inference settings
+    compare_to: str = "semantic"
+    # earlier commands that measured this same model (e.g. before an override made explicit a setting
+    # whose config default changed since): their metrics-only seeds still count (seeds_from_earlier)
+    same_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,14 +183,15 @@ def seed_results_of_row(tables: Tables, name: str) -> dict[int, dict[str, EvalRe
                      evaluation_hashes(run_dir, from_runs)) or None
 
 
-def seeds_from_earlier(row: dict | None, command: str, seeds: list[int]) -> dict[int, dict[str, EvalResult]]:
+def seeds_from_earlier(row: dict | None, command: str, seeds: list[int],
+                       same_as: tuple[str, ...] = ()) -> dict[int, dict[str, EvalResult]]:
     """`seeds` of the earlier table's `row`, as metrics only: seeds measured before their per-user ranks
     were kept (bench/kept_results.py), whose run folders are gone. Only when the row's command is
-    the same. They count in the row's mean and in the test across seeds, not in the test across
-    users (cemg.evaluation.seeds says so in the comparison's notes)."""
+    `command` or one of `same_as`. They count in the row's mean and in the test across seeds, not in
+    the test across users (cemg.evaluation.seeds says so in the comparison's notes)."""
     import numpy as np
 
-    if not row or row.get("command") != command:
+    if not row or row.get("command") not in (command, *same_as):
         return {}
     out = {}
     for index, seed in enumerate(row["seeds"]):
@@ -344,7 +350,8 @@ def main(tables: Tables, doc: str) -> None:
             log.warning("%s: no finished seeds", name)
             continue
         seeds = tables.rows[name].seeds if name in tables.rows else tables.baselines[name].seeds
-        numbers_only = seeds_from_earlier(earlier_rows.get(name), command, [s for s in seeds if s not in results])
+        numbers_only = seeds_from_earlier(earlier_rows.get(name), command, [s for s in seeds if s not in results],
+                                          tables.rows[name].same_as if name in tables.rows else ())
         if numbers_only:
             log.info("%s: seeds %s as the earlier table measured them (metrics only, no per-user ranks)",
                      name, sorted(numbers_only))
@@ -358,14 +365,14 @@ def main(tables: Tables, doc: str) -> None:
         if numbers_only:
             rows[name]["seeds_without_per_user_ranks"] = sorted(numbers_only)
     comparisons = {}
-    if "semantic" in per_row:
-        for name in per_row:
-            if name == "semantic":
-                continue
-            for subset in ("all", "cold_start"):
-                for metric in ("HR@10", "NDCG@10"):
-                    c = compare_seeds(per_row["semantic"], per_row[name], metric, "test", subset)
-                    comparisons[f"semantic vs {name}, {metric}{' (cold start)' if subset == 'cold_start' else ''}"] = c.to_dict()
+    for name in per_row:
+        base = tables.rows[name].compare_to if name in tables.rows else "semantic"
+        if name == base or base not in per_row:
+            continue
+        for subset in ("all", "cold_start"):
+            for metric in ("HR@10", "NDCG@10"):
+                c = compare_seeds(per_row[base], per_row[name], metric, "test", subset)
+                comparisons[f"{base} vs {name}, {metric}{' (cold start)' if subset == 'cold_start' else ''}"] = c.to_dict()
     for a, b in tables.extra_comparisons:
         # a row not collected now comes back from the earlier table as metrics only
         results = {name: per_row.get(name) or seeds_from_earlier(earlier_rows.get(name),

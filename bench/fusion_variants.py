@@ -18,9 +18,11 @@ generator and evaluation stages of every seed. The pipeline rechecks every copie
 hash and rebuilds the ones whose inputs differ, so a copy is never trusted blindly. Without a
 finished base run, the first variant builds the shared stages and the others copy them from it.
 
-"attention" is also the default row of the dataset's table (bench/<dataset>_tables.py, same command
-without overrides): seeds its own folder lacks are taken from that row (`reference_from_table`), so
-`--variants concat mean content_attention` need not retrain the default.
+"attention" is also a row of the dataset's table (bench/<dataset>_tables.py: the default row, or the
+row with the same --set overrides): seeds its own folder lacks are taken from that row
+(`reference_from_table`), so `--variants concat mean content_attention` need not retrain it. On Toys
+the variants ran before configs/toys.yaml took the content prior's cold weight, so they are collected
+with `--set generator.content_prior.cold_weight=0` (the table's "semantic_no_cold" row).
 
 Reports test HR@5/10 and NDCG@5/10 (all users and cold-start targets, <= 5 training interactions)
 as mean ± std over the seeds, and each variant against attention by a paired test across seeds and
@@ -74,24 +76,33 @@ def copy_stages(source: Path, target: Path, variant: str) -> None:
     copy_shared(target, (*SHARED_STAGES, *(SEEDED_STAGES if reference else ())), reference, source, SEEDED_STAGES)
 
 
-def reference_from_table(dataset: str, config: str, seeds: list[int], base: Path) -> tuple[dict, str | None]:
-    """The paper's attention is the config's default fusion, so the default row ("semantic") of the
-    dataset's table (bench/<dataset>_tables.py) is the same configuration, trained from the same
-    base run: its seeds stand in for those the reference's own folder lacks. They come from the base
-    run folder, else from bench/results/per_user, else as metrics only from the table's JSON (then
-    they count in the test across seeds, not in the one across users). Returns ({}, None) where the
-    table's row is not that configuration."""
+def reference_from_table(dataset: str, config: str, seeds: list[int], overrides: list[str]) -> tuple[dict, str | None]:
+    """The paper's attention is the config's default fusion, so the row of the dataset's table
+    (bench/<dataset>_tables.py) run with the same overrides (its own run_dir aside: e.g. the default
+    row, or the one without the content prior's cold weight) is the same configuration, trained from
+    the same base run: its seeds stand in for those the reference's own folder lacks. They come from
+    that row's run folder, else from bench/results/per_user, else as metrics only from the table's
+    JSON (then they count in the test across seeds, not in the one across users). Returns ({}, None)
+    where the table has no such row."""
     table = ROOT / "bench" / "results" / f"{dataset}_tables.json"
     if not table.is_file():
         return {}, None
-    row = json.loads(table.read_text(encoding="utf-8")).get("rows", {}).get("semantic")
-    command = f"cemg run --config {config} --seeds {','.join(map(str, seeds))} --quiet"
-    if not row or row.get("command") != command:
-        return {}, None
-    results = seed_results(base, seeds)
-    results.update({s: r for s, r in kept(dataset, "semantic", seeds).items() if s not in results})
-    results.update(seeds_from_earlier(row, command, [s for s in seeds if s not in results]))
-    return results, command
+    wanted = f"cemg run --config {config} --seeds {','.join(map(str, seeds))} --quiet" + "".join(
+        f" --set {o}" for o in overrides)
+    for name, row in json.loads(table.read_text(encoding="utf-8")).get("rows", {}).items():
+        words = row.get("command", "").split()
+        run_dir = next((w.split("=", 1)[1] for w in words if w.startswith("run_dir=")), None)
+        if run_dir is not None:
+            at = words.index(f"run_dir={run_dir}")
+            words = words[: at - 1] + words[at + 1 :]
+        if " ".join(words) != wanted:
+            continue
+        folder = ROOT / (run_dir or load_config(config, overrides).run_dir)
+        results = seed_results(folder, seeds)
+        results.update({s: r for s, r in kept(dataset, name, seeds).items() if s not in results})
+        results.update(seeds_from_earlier(row, row["command"], [s for s in seeds if s not in results]))
+        return results, row["command"]
+    return {}, None
 
 
 def cemg_command(config: str, seeds: list[int], variant: str, run_dir: Path, extra: list[str]) -> list[str]:
@@ -127,7 +138,7 @@ def markdown(dataset: str, rows: dict, comparisons: dict, machine_name: str) -> 
                 lines.append(f"- {key}: {c['verdict']}")
         lines.append("")
     lines += ["Commands:", *[f"- {LABELS[v]}: `{r['command']}`"
-                             + (f" (seeds {r['seeds_from_table_default_row']}: the default row of "
+                             + (f" (seeds {r['seeds_from_table_default_row']}: a row of "
                                 f"bench/{dataset}_tables.py)" if r.get("seeds_from_table_default_row") else "")
                              for v, r in rows.items()]]
     return "\n".join(lines) + "\n"
@@ -175,11 +186,11 @@ def main() -> None:
         results = with_kept(f"fusion_{cfg.data.name}", variant, seeds, from_runs, " ".join(commands[variant]),
                             evaluation_hashes(run_dir, from_runs))
         borrowed: list[int] = []
-        if variant == REFERENCE and set(results) != set(seeds) and not args.overrides and cfg.tokenizer.fusion == REFERENCE:
-            from_table, table_command = reference_from_table(cfg.data.name, args.config, seeds, base)
+        if variant == REFERENCE and set(results) != set(seeds) and cfg.tokenizer.fusion == REFERENCE:
+            from_table, table_command = reference_from_table(cfg.data.name, args.config, seeds, args.overrides)
             borrowed = sorted(set(from_table) - set(results))
             if borrowed:
-                log.info("%s: seeds %s from the default row of bench/%s_tables.py (%s)", variant, borrowed,
+                log.info("%s: seeds %s from a row of bench/%s_tables.py (%s)", variant, borrowed,
                          cfg.data.name, table_command)
                 results = {**{s: from_table[s] for s in borrowed}, **results}
                 commands[variant] = table_command.split()

@@ -76,3 +76,37 @@ def test_seeds_of_an_earlier_table_come_back_as_metrics_only(monkeypatch):
     assert got[43]["test"].metrics["NDCG@10"] == 0.2 and got[43]["valid"].cold_start["HR@5"] == 0.4
     assert got[43]["test"].extra[NO_PER_USER] and got[43]["test"].n_cold == 7
     assert dataset_tables.seeds_from_earlier(row, "cemg run B", [43]) == {}  # another command: not the same row
+    # a row whose command has since changed (an override made a changed default explicit) keeps them
+    assert list(dataset_tables.seeds_from_earlier(row, "cemg run B", [43], same_as=("cemg run A",))) == [43]
+
+
+def test_the_fusion_reference_is_the_table_row_with_the_same_overrides(monkeypatch, tmp_path):
+    """bench/fusion_variants.py borrows the attention's seeds from the table row run with the same
+    --set overrides, whatever its run_dir, and from no other row."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import dataset_tables
+    import fusion_variants
+
+    def stats(value):
+        return {k: {"mean": value, "std": None, "per_seed": [value]} for k in dataset_tables.KS}
+
+    def row(command, value):
+        return {"command": command, "seeds": [42], "n_test_users": 10, "n_cold_start_users": 2,
+                **{f"{part}_{subset}": stats(value) for part in ("valid", "test") for subset in ("all", "cold_start")}}
+
+    config = str(BENCH.parent / "configs" / "toys.yaml")  # read for the default run_dir
+    base = f"cemg run --config {config} --seeds 42 --quiet"
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    (results / "toys_tables.json").write_text(json.dumps({"rows": {
+        "semantic": row(base, 0.1),
+        "semantic_no_cold": row(base + " --set generator.content_prior.cold_weight=0 --set run_dir=runs/toys-no-cold", 0.2),
+    }}))
+    monkeypatch.setattr(fusion_variants, "ROOT", tmp_path)
+    monkeypatch.setattr(fusion_variants, "kept", lambda *a: {})
+
+    got, command = fusion_variants.reference_from_table("toys", config, [42], ["generator.content_prior.cold_weight=0"])
+    assert command.endswith("--set run_dir=runs/toys-no-cold") and got[42]["test"].metrics["HR@10"] == 0.2
+    got, command = fusion_variants.reference_from_table("toys", config, [42], [])
+    assert command == base and got[42]["test"].metrics["HR@10"] == 0.1
+    assert fusion_variants.reference_from_table("toys", config, [42], ["tokenizer.use_image=false"]) == ({}, None)
