@@ -62,9 +62,11 @@ BEAUTY = Tables(
     saved_baselines=(ROOT / "bench" / "results" / "baselines_beauty.json",
                      {"gru4rec": "GRU4Rec (ours)", "pop": "Popularity"}),
     notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
-           "checkout: their ids are that invocation's (the same settings, but each re-encoding of the "
-           "features gives other ids), and their comparisons, in brackets, are against that invocation's "
-           "semantic row, which read codes only. The first three rows share one set of ids per seed.",),
+           "checkout (2-core AMD EPYC, 2 threads): their ids are that invocation's (the same settings, but "
+           "features encoded on another CPU or thread count are other floats, hence other ids), and their "
+           "comparisons, in brackets, are against that invocation's semantic row. The first two rows, "
+           "retrained on 2026-12-07 (2-core Intel Xeon, 1 thread), share one set of ids and generators "
+           "per seed; they differ only in the content prior's cold weight.",),
 )
 
 if __name__ == "__main__":

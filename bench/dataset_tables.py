@@ -274,7 +274,8 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
         lines.append(f"| {name} | {r['n_cold_start_users']:,} | "
                      + " | ".join(f"{r['test_cold_start'][k]:.4f}" for k in KS) + " |")
     if comparisons:
-        lines += ["", "The semantic generator against each other row, and the pairs a dataset adds (`cemg.evaluation.seeds.compare_seeds`: "
+        lines += ["", "Each row against the semantic row with the same inference settings (A; the row's `compare_to`), "
+                  "and the pairs a dataset adds (`cemg.evaluation.seeds.compare_seeds`: "
                   "paired t-test across seeds, and across users on per-user values averaged over seeds):", ""]
         lines += [f"- {key}: {c['verdict']}" for key, c in comparisons.items()]
     lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
