@@ -63,7 +63,7 @@ BEAUTY = Tables(
                      {"gru4rec": "GRU4Rec (ours)", "pop": "Popularity"}),
     notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
            "checkout (2-core AMD EPYC, 2 threads): their ids are that invocation's (the same settings, but "
-           "features encoded on another CPU or thread count are other floats, hence other ids), and their "
+           "stages rerun on another CPU or thread count compute other floats, hence other ids), and their "
            "comparisons, in brackets, are against that invocation's semantic row. The first two rows, "
            "retrained on 2026-12-07 (2-core Intel Xeon, 1 thread), share one set of ids and generators "
            "per seed; they differ only in the content prior's cold weight.",),

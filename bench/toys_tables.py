@@ -68,8 +68,9 @@ TOYS = Tables(
     extra_comparisons=(("hybrid", "sasrec"),),
     notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
            "checkout, on another machine (2-core AMD EPYC); the two semantic rows were retrained on "
-           "2026-12-07 (2-core Intel Xeon, 1 thread). Same data, code and settings, but the features "
-           "re-encoded on another CPU are other floats, so the ids differ: the default generator without "
+           "2026-12-07 (2-core Intel Xeon, 1 thread). Same data, code and settings, but the stages "
+           "rerun on another CPU compute other floats (the content-only check reproduced to the last "
+           "digit; the learned stages did not), so the ids differ: the default generator without "
            "the cold weight, the earlier rows' inference, scored test HR@10 / NDCG@10 0.0956 / 0.0577 "
            "there and 0.0947 / 0.0571 here. A difference between the two groups smaller than that is "
            "not the rows' own; comparisons in brackets are against the earlier semantic row.",),
