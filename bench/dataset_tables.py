@@ -210,6 +210,15 @@ def seeds_from_earlier(row: dict | None, command: str, seeds: list[int],
     return out
 
 
+def seeds_in_runs(tables: Tables, name: str) -> set[int]:
+    """The seeds of a row or baseline whose run folders are on this machine (the others, kept copies
+    or an earlier table's metrics, were measured by an earlier invocation)."""
+    if name in tables.rows:
+        return set(seed_results(ROOT / tables.run_dir(tables.rows[name]), tables.rows[name].seeds))
+    return {s for s in tables.baselines[name].seeds
+            if (ROOT / tables.baseline_folder(name, s) / "baselines" / name / "test.json").is_file()}
+
+
 def baseline_command(tables: Tables, name: str) -> str:
     return (f"cemg baseline {name} --config {tables.config} --set seed=S "
             f"--set run_dir={tables.baseline_folder(name, 0).parent}/seed-S")
@@ -258,7 +267,7 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
         "| model | seeds | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|",
     ]
     for r in rows.values():
-        label = r["label"] + (" (earlier run)" if "kept_from" in r else "")
+        label = r["label"] + (" (earlier run)" if "kept_from" in r or r.get("earlier_run") else "")
         lines.append(f"| {label} | {len(r['seeds'])} | " + " | ".join(cell(r["test_all"][k]) for k in KS) + " |")
     for name, r in single.items():
         lines.append(f"| {name} | 1 | " + " | ".join(f"{r['test'][k]:.4f}" for k in KS) + " |")
@@ -267,7 +276,7 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
     lines += ["", "Cold start (the paper's Table 3): test users whose target has at most 5 training interactions.", "",
               "| model | cold users | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|"]
     for r in rows.values():
-        label = r["label"] + (" (earlier run)" if "kept_from" in r else "")
+        label = r["label"] + (" (earlier run)" if "kept_from" in r or r.get("earlier_run") else "")
         lines.append(f"| {label} | {r['n_cold_start_users']:,} | "
                      + " | ".join(cell(r["test_cold_start"][k]) for k in KS) + " |")
     for name, r in single.items():
@@ -281,7 +290,8 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
     lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
     lines += [f"- {r['label']}: `{r['command']}`"
               + (f" (measured by an earlier `{r['kept_from']}`; its runs are not in this checkout)" if "kept_from" in r
-                 else "")
+                 else " (measured by an earlier invocation; its runs are not on this machine, its results are kept "
+                 "in bench/results/per_user)" if r.get("earlier_run") else "")
               + (f" (seeds {', '.join(map(str, r['seeds_without_per_user_ranks']))}: the metrics an earlier table "
                  "measured, before per-user ranks were kept)" if r.get("seeds_without_per_user_ranks") else "")
               for r in rows.values()]
@@ -363,6 +373,8 @@ def main(tables: Tables, doc: str) -> None:
             continue
         per_row[name] = results
         rows[name] = {"label": label, "command": command, **summary(results)}
+        if not seeds_in_runs(tables, name):
+            rows[name]["earlier_run"] = True  # every seed kept from an earlier invocation
         if numbers_only:
             rows[name]["seeds_without_per_user_ranks"] = sorted(numbers_only)
     comparisons = {}

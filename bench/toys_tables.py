@@ -65,7 +65,7 @@ TOYS = Tables(
     },
     # TIGER's paper (Rajput et al. 2023, Table 2), the same protocol.
     published={"TIGER (published)": {"HR@5": 0.0521, "HR@10": 0.0712, "NDCG@5": 0.0371, "NDCG@10": 0.0432}},
-    extra_comparisons=(("hybrid", "sasrec"),),
+    extra_comparisons=(("semantic", "sasrec"), ("hybrid", "sasrec")),
     notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
            "checkout, on another machine (2-core AMD EPYC); the two semantic rows were retrained on "
            "2026-12-07 (2-core Intel Xeon, 1 thread). Same data, code and settings, but the stages "
