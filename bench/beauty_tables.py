@@ -31,8 +31,8 @@ BEAUTY = Tables(
     n_items="12,101",
     docs_section="## Beauty: overall and cold start",
     rows={
-        "semantic": Row("CEMG, semantic generator (default: codes and item content, content prior; "
-                        "no per-item parameter)"),
+        "semantic": Row("CEMG, semantic generator (default: codes and item content, content prior with its "
+                        "cold weight; no per-item parameter)"),
         "semantic_no_cold": Row("CEMG, semantic generator, content prior without its cold weight",
                                 ("generator.content_prior.cold_weight=0", "run_dir=runs/beauty-no-cold"),
                                 ALL + ("tokenizer", "generator"), True, ("tokenizer", "generator")),
@@ -61,6 +61,7 @@ BEAUTY = Tables(
     },
     saved_baselines=(ROOT / "bench" / "results" / "baselines_beauty.json",
                      {"gru4rec": "GRU4Rec (ours)", "pop": "Popularity"}),
+    extra_comparisons=(("semantic", "hybrid"), ("semantic", "sasrec")),
     notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
            "checkout (2-core AMD EPYC, 2 threads): their ids are that invocation's (the same settings, but "
            "stages rerun on another CPU or thread count compute other floats, hence other ids), and their "
