@@ -6,8 +6,9 @@ Run from the repository root (configs/toys.yaml reads ../shared/data/toys):
     python bench/toys_tables.py --no-train        # tables from finished runs only
     python bench/toys_tables.py --rows semantic no_image sasrec
 
-Rows: CEMG (image + text + collab ids) with the semantic generator (the default) and the hybrid
-generator; CEMG's ids without image, without text, without collab; text-only RQ-VAE ids (a
+Rows: CEMG (image + text + collab ids) with the semantic generator (the default), the same without
+the content prior's cold weight, and with EfficientNet-Lite0 or Lite1 images instead of Lite2; the
+hybrid generator; CEMG's ids without image, without text, without collab; text-only RQ-VAE ids (a
 TIGER-style tokenizer); SASRec; GRU4Rec and Popularity. Three seeds for the semantic and hybrid
 rows, without image, text-only ids and SASRec, one for the rest. How rows are trained and compared:
 bench/dataset_tables.py. Writes bench/results/toys_tables.json and the "## Toys: overall and cold
@@ -20,10 +21,12 @@ from dataset_tables import SEEDS, Baseline, Row, Tables, main
 
 ALL = ("data", "features", "collab")
 ONE = (42,)
-# The rows below the default were measured before configs/toys.yaml took the content prior's cold
-# weight: they keep cold_weight 0, said in their commands, and are tested against the default
-# generator with the same inference ("semantic_no_cold"), so that each difference is the ids' alone.
+# The rows below the default's were measured before configs/toys.yaml took the content prior's cold
+# weight and EfficientNet-Lite2 images: they keep cold_weight 0, said in their commands, and are
+# tested against the default generator with Lite0 images and the same inference ("lite0_no_cold"),
+# so that each difference is the ids' alone.
 NO_COLD = "generator.content_prior.cold_weight=0"
+LITE0 = "features.image_model=efficientnet-lite0"
 
 
 def ablation(label: str, overrides: tuple[str, ...], shared: tuple[str, ...], shared_tokenizers: bool = False,
@@ -31,8 +34,8 @@ def ablation(label: str, overrides: tuple[str, ...], shared: tuple[str, ...], sh
     """A row measured with cold_weight 0; its earlier command (without the override) still names it."""
     earlier = f"cemg run --config configs/toys.yaml --seeds {','.join(map(str, seeds))} --quiet " + " ".join(
         f"--set {o}" for o in overrides)
-    return Row(label, (NO_COLD, *overrides), shared, shared_tokenizers, seeds=seeds,
-               compare_to="semantic_no_cold", same_as=(earlier,))
+    return Row(label, (LITE0, NO_COLD, *overrides), shared, shared_tokenizers, seeds=seeds,
+               compare_to="lite0_no_cold", same_as=(earlier,))
 
 
 TOYS = Tables(
@@ -44,9 +47,17 @@ TOYS = Tables(
         "semantic": Row("CEMG (image + text + collab ids), semantic generator (default: codes and item "
                         "content, content prior with its cold weight; no per-item parameter)"),
         "semantic_no_cold": Row("CEMG (image + text + collab ids), semantic generator, content prior without "
-                                "the cold weight (the inference of the rows below)",
+                                "the cold weight",
                                 (NO_COLD, "run_dir=runs/toys-no-cold"), ALL + ("tokenizer", "generator"), True,
                                 ("tokenizer", "generator")),
+        "lite0": Row("CEMG, the default with EfficientNet-Lite0 images (the Toys default before 2026-12-07)",
+                     (LITE0, "run_dir=runs/toys-lite0"), ("data",)),
+        "lite0_no_cold": Row("CEMG with EfficientNet-Lite0 images, without the cold weight (the inference of "
+                             "the rows below)",
+                             (LITE0, NO_COLD, "run_dir=runs/toys-lite0-no-cold"),
+                             ALL + ("tokenizer", "generator"), True, ("tokenizer", "generator"), compare_to="lite0"),
+        "lite1": Row("CEMG, the default with EfficientNet-Lite1 images",
+                     ("features.image_model=efficientnet-lite1", "run_dir=runs/toys-lite1"), ("data",)),
         "hybrid": ablation("CEMG ids, hybrid generator (per-item vectors; beyond the paper)",
                            ("generator.mode=hybrid", "run_dir=runs/toys-hybrid"), ALL + ("tokenizer",), True),
         "no_image": ablation("CEMG without image, semantic generator",
@@ -67,13 +78,14 @@ TOYS = Tables(
     published={"TIGER (published)": {"HR@5": 0.0521, "HR@10": 0.0712, "NDCG@5": 0.0371, "NDCG@10": 0.0432}},
     extra_comparisons=(("semantic", "sasrec"), ("hybrid", "sasrec")),
     notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
-           "checkout, on another machine (2-core AMD EPYC); the two semantic rows were retrained on "
-           "2026-12-07 (2-core Intel Xeon, 1 thread). Same data, code and settings, but the stages "
-           "rerun on another CPU compute other floats (the content-only check reproduced to the last "
-           "digit; the learned stages did not), so the ids differ: the default generator without "
-           "the cold weight, the earlier rows' inference, scored test HR@10 / NDCG@10 0.0956 / 0.0577 "
-           "there and 0.0947 / 0.0571 here. A difference between the two groups smaller than that is "
-           "not the rows' own; comparisons in brackets are against the earlier semantic row.",),
+           "checkout, on another machine (2-core AMD EPYC), with EfficientNet-Lite0 images and no cold "
+           "weight; the rows above them were trained on 2026-12-07 (2-core Intel Xeon, 1 thread). Same "
+           "data, code and settings, but the stages rerun on another CPU compute other floats (the "
+           "content-only check reproduced to the last digit; the learned stages did not), so the ids "
+           "differ: the Lite0 generator without the cold weight, the earlier rows' inference, scored test "
+           "HR@10 / NDCG@10 0.0956 / 0.0577 there and 0.0947 / 0.0571 here. A difference between the two "
+           "groups smaller than that is not the rows' own; comparisons in brackets are against the "
+           "earlier semantic row.",),
 )
 
 if __name__ == "__main__":
