@@ -31,11 +31,14 @@ LITE0 = "features.image_model=efficientnet-lite0"
 
 def ablation(label: str, overrides: tuple[str, ...], shared: tuple[str, ...], shared_tokenizers: bool = False,
              seeds: tuple[int, ...] = SEEDS) -> Row:
-    """A row measured with cold_weight 0; its earlier command (without the override) still names it."""
-    earlier = f"cemg run --config configs/toys.yaml --seeds {','.join(map(str, seeds))} --quiet " + " ".join(
-        f"--set {o}" for o in overrides)
+    """A row measured with Lite0 images and cold_weight 0; its earlier commands (before those defaults
+    changed and the overrides said them) still name it."""
+    def command(*extra: str) -> str:
+        return f"cemg run --config configs/toys.yaml --seeds {','.join(map(str, seeds))} --quiet" + "".join(
+            f" --set {o}" for o in (*extra, *overrides))
+
     return Row(label, (LITE0, NO_COLD, *overrides), shared, shared_tokenizers, seeds=seeds,
-               compare_to="lite0_no_cold", same_as=(earlier,))
+               compare_to="lite0_no_cold", same_as=(command(), command(NO_COLD)))
 
 
 TOYS = Tables(
