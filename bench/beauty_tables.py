@@ -62,8 +62,7 @@ BEAUTY = Tables(
     saved_baselines=(ROOT / "bench" / "results" / "baselines_beauty.json",
                      {"gru4rec": "GRU4Rec (ours)", "pop": "Popularity"}),
     extra_comparisons=(("semantic", "hybrid"), ("semantic", "sasrec")),
-    notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
-           "checkout (2-core AMD EPYC, 2 threads): their ids are that invocation's (the same settings, but "
+    notes=("The rows marked (earlier run) ran on a 2-core AMD EPYC with 2 threads: their ids are that invocation's (the same settings, but "
            "stages rerun on another CPU or thread count compute other floats, hence other ids), and their "
            "comparisons, in brackets, are against that invocation's semantic row. The first two rows, "
            "retrained on 2026-12-07 (2-core Intel Xeon, 1 thread), share one set of ids and generators "

@@ -287,6 +287,9 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
                   "and the pairs a dataset adds (`cemg.evaluation.seeds.compare_seeds`: "
                   "paired t-test across seeds, and across users on per-user values averaged over seeds):", ""]
         lines += [f"- {key}: {c['verdict']}" for key, c in comparisons.items()]
+    if any("kept_from" in r or r.get("earlier_run") for r in rows.values()):
+        lines += ["", "Rows marked (earlier run) were measured by an earlier invocation whose runs are not on this "
+                  "machine (their results are kept in this JSON or in bench/results/per_user)."]
     lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
     lines += [f"- {r['label']}: `{r['command']}`"
               + (f" (measured by an earlier `{r['kept_from']}`; its runs are not in this checkout)" if "kept_from" in r

@@ -80,9 +80,8 @@ TOYS = Tables(
     # TIGER's paper (Rajput et al. 2023, Table 2), the same protocol.
     published={"TIGER (published)": {"HR@5": 0.0521, "HR@10": 0.0712, "NDCG@5": 0.0371, "NDCG@10": 0.0432}},
     extra_comparisons=(("semantic", "sasrec"), ("hybrid", "sasrec")),
-    notes=("Rows marked (earlier run) were measured by an earlier invocation whose runs are not in this "
-           "checkout, on another machine (2-core AMD EPYC), with EfficientNet-Lite0 images and no cold "
-           "weight; the rows above them were trained on 2026-12-07 (2-core Intel Xeon, 1 thread). Same "
+    notes=("The rows marked (earlier run) ran on another machine (2-core AMD EPYC), with EfficientNet-Lite0 "
+           "images and no cold weight; the rows above them were trained on 2026-12-07 (2-core Intel Xeon, 1 thread). Same "
            "data, code and settings, but the stages rerun on another CPU compute other floats (the "
            "content-only check reproduced to the last digit; the learned stages did not), so the ids "
            "differ: the Lite0 generator without the cold weight, the earlier rows' inference, scored test "
