@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
-from kept_results import with_kept  # noqa: E402
+from kept_results import FROM_KEPT, with_kept  # noqa: E402
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.evaluation.protocol import EvalResult  # noqa: E402
 from cemg.evaluation.seeds import NO_PER_USER, compare_seeds  # noqa: E402
@@ -210,15 +210,6 @@ def seeds_from_earlier(row: dict | None, command: str, seeds: list[int],
     return out
 
 
-def seeds_in_runs(tables: Tables, name: str) -> set[int]:
-    """The seeds of a row or baseline whose run folders are on this machine (the others, kept copies
-    or an earlier table's metrics, were measured by an earlier invocation)."""
-    if name in tables.rows:
-        return set(seed_results(ROOT / tables.run_dir(tables.rows[name]), tables.rows[name].seeds))
-    return {s for s in tables.baselines[name].seeds
-            if (ROOT / tables.baseline_folder(name, s) / "baselines" / name / "test.json").is_file()}
-
-
 def baseline_command(tables: Tables, name: str) -> str:
     return (f"cemg baseline {name} --config {tables.config} --set seed=S "
             f"--set run_dir={tables.baseline_folder(name, 0).parent}/seed-S")
@@ -255,6 +246,11 @@ def cell(entry: dict) -> str:
     return f"{entry['mean']:.4f}" + (f" ± {entry['std']:.4f}" if entry["std"] is not None else "")
 
 
+def is_earlier(row: dict) -> bool:
+    """The row was measured by an earlier invocation: taken from the earlier JSON, or every seed kept."""
+    return "kept_from" in row or bool(row.get("earlier_run"))
+
+
 def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str:
     lines = [
         tables.docs_section, "",
@@ -267,7 +263,7 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
         "| model | seeds | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|",
     ]
     for r in rows.values():
-        label = r["label"] + (" (earlier run)" if "kept_from" in r or r.get("earlier_run") else "")
+        label = r["label"] + (" (earlier run)" if is_earlier(r) else "")
         lines.append(f"| {label} | {len(r['seeds'])} | " + " | ".join(cell(r["test_all"][k]) for k in KS) + " |")
     for name, r in single.items():
         lines.append(f"| {name} | 1 | " + " | ".join(f"{r['test'][k]:.4f}" for k in KS) + " |")
@@ -276,7 +272,7 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
     lines += ["", "Cold start (the paper's Table 3): test users whose target has at most 5 training interactions.", "",
               "| model | cold users | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---|---|---|---|"]
     for r in rows.values():
-        label = r["label"] + (" (earlier run)" if "kept_from" in r or r.get("earlier_run") else "")
+        label = r["label"] + (" (earlier run)" if is_earlier(r) else "")
         lines.append(f"| {label} | {r['n_cold_start_users']:,} | "
                      + " | ".join(cell(r["test_cold_start"][k]) for k in KS) + " |")
     for name, r in single.items():
@@ -287,7 +283,7 @@ def markdown(tables: Tables, rows: dict, comparisons: dict, single: dict) -> str
                   "and the pairs a dataset adds (`cemg.evaluation.seeds.compare_seeds`: "
                   "paired t-test across seeds, and across users on per-user values averaged over seeds):", ""]
         lines += [f"- {key}: {c['verdict']}" for key, c in comparisons.items()]
-    if any("kept_from" in r or r.get("earlier_run") for r in rows.values()):
+    if any(is_earlier(r) for r in rows.values()):
         lines += ["", "Rows marked (earlier run) were measured by an earlier invocation whose runs are not on this "
                   "machine (their results are kept in this JSON or in bench/results/per_user)."]
     lines += [*(["", *tables.notes] if tables.notes else []), "", "Commands:"]
@@ -376,8 +372,8 @@ def main(tables: Tables, doc: str) -> None:
             continue
         per_row[name] = results
         rows[name] = {"label": label, "command": command, **summary(results)}
-        if not seeds_in_runs(tables, name):
-            rows[name]["earlier_run"] = True  # every seed kept from an earlier invocation
+        if all(r["test"].extra.get(FROM_KEPT) or r["test"].extra.get(NO_PER_USER) for r in results.values()):
+            rows[name]["earlier_run"] = True  # no seed's run folder is on this machine
         if numbers_only:
             rows[name]["seeds_without_per_user_ranks"] = sorted(numbers_only)
     comparisons = {}

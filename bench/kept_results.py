@@ -26,6 +26,7 @@ log = logging.getLogger("bench.kept_results")
 KEPT = Path(__file__).resolve().parent / "results" / "per_user"
 PARTS = ("valid", "test")
 SOURCE = "source.json"
+FROM_KEPT = "kept_copy"  # EvalResult.extra key of a result read back from here
 
 
 def kept_folder(table: str, row: str, seed: int) -> Path:
@@ -57,12 +58,15 @@ def keep(table: str, row: str, results: SeedResults, command: str, hashes: dict[
 
 
 def kept(table: str, row: str, seeds) -> SeedResults:
-    """The kept seeds among `seeds` that have both parts."""
+    """The kept seeds among `seeds` that have both parts, each result marked `extra[FROM_KEPT]`
+    (measured by an earlier invocation)."""
     out: SeedResults = {}
     for seed in seeds:
         folder = kept_folder(table, row, seed)
         if all((folder / f"{part}.json").is_file() for part in PARTS):
             out[seed] = {part: EvalResult.load(folder, part) for part in PARTS}
+            for result in out[seed].values():
+                result.extra = {**result.extra, FROM_KEPT: True}
     return out
 
 
