@@ -114,6 +114,14 @@ def derive_data(config_path: Path, work: Path, fraction: float, split_seed: int)
         if len(seq) >= 2 and is_new[seq[-1]]
     ]
     atomic_write_text(work / "evaluated_users.json", json.dumps(evaluated))
+    # Validation users for settings that act on added items (bench/new_item_share.py): every user's
+    # original second-to-last item after the items before it. New items are as common among these
+    # targets as in the catalogue, as they would be after a real add. No training input holds these
+    # targets: the derived training part of a sequence ends before its last two old items (where the
+    # last item is old, the target is the derived run's own validation target).
+    valid = [{"user": user, "history": [keys[i] for i in seq[:-2][-cap:]], "target": keys[seq[-2]]}
+             for user, seq in zip(dataset.user_keys, dataset.sequences) if len(seq) >= 3]
+    atomic_write_text(work / "valid_users.json", json.dumps(valid))
 
     raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
     data = raw.setdefault("data", {})
@@ -127,7 +135,9 @@ def derive_data(config_path: Path, work: Path, fraction: float, split_seed: int)
     raw["cache_dir"] = str(Path(cfg.cache_dir).resolve())  # text and image vectors are reused by content
     atomic_write_text(work / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
     return {"items": dataset.n_items, "new_items": len(new), "users": dataset.n_users,
-            "evaluated_users": len(evaluated), "new_keys": [keys[i] for i in new]}
+            "evaluated_users": len(evaluated), "valid_users": len(valid),
+            "valid_users_with_new_target": sum(int(is_new[seq[-2]]) for seq in dataset.sequences if len(seq) >= 3),
+            "new_keys": [keys[i] for i in new]}
 
 
 def check_no_leak(run: Path, new_keys: set[str], seeds: list[int], interactions: Path) -> dict:
@@ -200,10 +210,15 @@ def scores_of(topk_keys: list[list[str]], targets: list[str]) -> dict[str, float
     return summarize(ranks, KS)
 
 
-def evaluate_semantic(run: Path, seed: int, users: list[dict]) -> dict:
+def evaluate_semantic(run: Path, seed: int, users: list[dict], new_item_share: float = 0.0,
+                      new_item_sharpness: float = 20.0) -> dict:
+    """`new_item_share`, `new_item_sharpness`: generator.content_prior's new-item mixture, which acts on
+    added items only, so it is applied here (from --config) whatever the run recorded."""
     from cemg.api import Recommender
 
     recommender = Recommender.load(run, device="cpu", seed=seed)
+    if new_item_share:
+        recommender.generator = recommender.generator.with_new_item_share(new_item_share, new_item_sharpness)
     known = set(recommender.catalogue.dataset.items.keys)
     # History items the derived data's 5-core filter dropped (too few interactions once the new items
     # left) are in no catalogue: left out, as for every other row.
@@ -314,6 +329,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     seeds = [int(s) for s in args.seeds.split(",")]
     name = load_config(args.config).data.name
+    prior = load_config(args.config).generator.content_prior
     work = args.work or ROOT / "runs" / f"new-items-{name}"
     started = time.time()
 
@@ -345,9 +361,11 @@ def main() -> None:
             for seed in seeds:
                 if RunFolder.open(run_copy, seed).added_items() is None:
                     add_items(run_copy, work / "new_items.jsonl", collab=stand_in, seed=seed)
-                per_seed[seed] = evaluate_semantic(run_copy, seed, users)
+                per_seed[seed] = evaluate_semantic(run_copy, seed, users, prior.new_item_share, prior.new_item_sharpness)
             about = f" ({', '.join(args.overrides)})" if args.overrides else ""
-            row(f"CEMG, semantic generator{about}, new items added (collab stand-in: {stand_in})", per_seed)
+            mixture = (f", new-item share {prior.new_item_share:g}, sharpness {prior.new_item_sharpness:g}"
+                       if prior.new_item_share else "")
+            row(f"CEMG, semantic generator{about}, new items added (collab stand-in: {stand_in}{mixture})", per_seed)
     if "content" in args.rows:
         row("content-only reference: nearest item to the last one by [text; image] vectors",
             {seeds[0]: evaluate_content(semantic_run, seeds[0], users, work / "new_items.jsonl")})

@@ -234,6 +234,12 @@ class ContentPriorConfig(_Section):
     # more for an item the generator rarely saw as a target (content_prior.py). 0: off; runs made
     # before it existed have 0.
     cold_weight: float = Field(default=0.0, ge=0.0)
+    # Items added after training (`cemg items add`) as the other part of a mixture: the next item is
+    # an added one with probability new_item_share, which one by a softmax of new_item_sharpness x
+    # cosine to the last item (content_prior.py). 0: off, added items ranked like trained ones.
+    # Trained catalogues (evaluation, `cemg run`) are not affected.
+    new_item_share: float = Field(default=0.0, ge=0.0, lt=1.0)
+    new_item_sharpness: float = Field(default=20.0, ge=0.0)
 
 
 class GeneratorConfig(_Section):

@@ -14,13 +14,17 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-@pytest.fixture
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the script imports its neighbours baselines_beauty, dataset_tables
-    spec = importlib.util.spec_from_file_location("new_items", BENCH / "new_items.py")
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # the script imports its neighbours baselines_beauty, dataset_tables
+    return load_bench("new_items")
 
 
 def test_scores_search_each_list_for_its_target(bench):
@@ -47,7 +51,8 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     assert users and all(u["target"] in new_keys for u in users)
 
     seed = load_config(config).seed
-    run = bench.train(work, "semantic", [seed], threads=1)
+    # with a content prior, so that the new-item mixture (bench/new_item_share.py) can be checked below
+    run = bench.train(work, "semantic", [seed], threads=1, overrides=["generator.content_prior.weight=1"])
     leak = bench.check_no_leak(run, new_keys, [seed], work / "interactions.csv")
     assert leak["interactions_with_new_items"] == 0
     assert set(leak["artifact_item_counts"].values()) == {leak["trained_catalogue_items"]}
@@ -64,3 +69,24 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     assert all(0.0 <= v <= 1.0 for v in semantic["metrics"].values())
     content = bench.evaluate_content(run, seed, users, work / "new_items.jsonl")
     assert content["catalogue_items"] == len(trained_keys) + len(new_keys)
+
+    # bench/new_item_share.py: every grid point's lists are the recommender's own under that setting
+    share_bench = load_bench("new_item_share")
+    from cemg.api import Recommender
+
+    recommender = Recommender.load(run, device="cpu", seed=seed)
+    prior = recommender.generator
+    assert prior.n_trained == len(trained_keys) and prior.n_items == len(trained_keys) + len(new_keys)
+    index = {key: i for i, key in enumerate(recommender.catalogue.dataset.items.keys)}
+    valid = json.loads((work / "valid_users.json").read_text())
+    assert len(valid) == split["valid_users"] and any(u["target"] in new_keys for u in valid)
+    histories, targets = share_bench.indexed(valid, index)
+    assert len(targets) and (targets >= prior.n_trained).any()
+    grid = [(0.0, 20.0), (0.3, 5.0)]
+    lists = share_bench.grid_lists(prior, histories, grid, 10)
+    np.testing.assert_array_equal(lists[(0.0, 20.0)], prior.recommend(histories, 10, histories))
+    mixed = prior.with_new_item_share(0.3, 5.0).recommend(histories, 10, histories)
+    np.testing.assert_array_equal(lists[(0.3, 5.0)], mixed)
+    assert (mixed >= prior.n_trained).any()  # a share of 0.3 puts added items in the lists
+    shared = bench.evaluate_semantic(run, seed, users, 0.3, 5.0)
+    assert shared["metrics"]["HR@10"] >= semantic["metrics"]["HR@10"]  # the new targets gain from it

@@ -213,3 +213,45 @@ def test_a_run_with_the_prior_re_evaluates_without_retraining_and_serves_it(tiny
     add_items(run, items)
     rec = Recommender.load(run, device="cpu")
     assert rec.n_items == 41 and "n1" in {r.key for r in rec.recommend(["i0001", "i0002"], k=41)}
+
+
+def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_their_cosine(generator):
+    content = toy_content(generator.n_items, dim=4, seed=2)
+    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in [4, 4, 3]], indexing="ij"), -1).reshape(-1, 3)
+    unused = [row for row in grid.tolist() if row not in generator.semantic_ids.codes.tolist()][:5]
+    added = toy_content(len(unused), dim=4, seed=9)
+    ids = SemanticIds(np.concatenate([generator.semantic_ids.codes, unused]), [4, 4, 3])
+    n, n_all = generator.n_items, generator.n_items + len(unused)
+    histories.append(np.array([4, n + 1]))  # an added item in the history: excluded, and the last item
+    exclude = [np.unique(h) for h in histories]
+    plain = ContentPriorRecommender(generator, content, 3.0, n_all).with_catalogue(ids, added)
+    share, sharpness = 0.2, 5.0
+    mixed = plain.with_new_item_share(share, sharpness)
+    assert mixed.n_trained == n and mixed.info["content_prior"]["new_item_share"] == share
+    items, scores = mixed.recommend_with_scores(histories, 12, exclude)
+    _, base_scores = plain.recommend_with_scores(histories, n_all, exclude)
+    base_items = plain.recommend(histories, n_all, exclude)
+    unit = np.concatenate([content, added])
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    for row, history in enumerate(histories):
+        want = np.full(n_all, -np.inf)
+        trained = base_items[row] < n  # the plain prior's score of every trained item, from its own ranking
+        want[base_items[row][trained]] = np.log(1 - share) + base_scores[row][trained]
+        cos = unit[n:] @ unit[history[-1]]
+        cos[[i - n for i in history if i >= n]] = -np.inf
+        want[n:] = np.log(share) + sharpness * cos - np.log(np.exp(sharpness * cos).sum())
+        order = np.argsort(-want, kind="stable")[:12]
+        assert items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+        assert not set(items[row].tolist()) & set(history.tolist())
+    # the added items' part holds `share` of the mass whatever the user: exp of their scores sums to it
+    # (all of them are in a list as long as the catalogue)
+    every, every_score = mixed.recommend_with_scores(histories[:1], n_all, exclude[:1])
+    assert np.exp(every_score[0][every[0] >= n]).sum() == pytest.approx(share, rel=1e-4)
+    # a trained catalogue is ranked as without it
+    alone = ContentPriorRecommender(generator, content, 3.0, n, new_item_share=share)
+    np.testing.assert_array_equal(alone.recommend(histories[:3], 8, exclude[:3]),
+                                  ContentPriorRecommender(generator, content, 3.0, n).recommend(histories[:3], 8, exclude[:3]))
+    with pytest.raises(ValueError, match="new_item_share must be in"):
+        ContentPriorRecommender(generator, content, 3.0, 5, new_item_share=1.0)

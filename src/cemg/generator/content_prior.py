@@ -32,10 +32,27 @@ one) gets weight + c, one with 5 interactions (the paper's cold-start bound) wei
 one about weight. Unlike the popularity adjustment, which lifts every rare item alike, it lifts a
 rare item by as much as its content resembles the last item's, the one signal such an item has.
 Off (0) unless the config sets it.
+
+`new_item_share` pi (with `new_item_sharpness` beta) ranks items added after training
+(cemg.added_items) as the other part of a two-part mixture, since the generator's log p of an item
+it never saw as a target is no estimate of how likely it is (on Beauty's new-item protocol a new
+target's median log p is 2.5 nats below a trained target's; docs/results.md, "New items without
+retraining"). The next item is new with probability pi, and which new item follows a softmax of
+beta x cosine to the last item over the added items (the content-only reference's order):
+
+    trained item:  log(1 - pi) + (the score above)
+    added item:    log pi + beta x cos(item, last) - log sum_{added j} exp(beta x cos(j, last))
+
+Unlike a fixed boost, the added items share a mass of pi: when one of them is much nearer the last
+item than the rest it takes most of it, and when none is near they split it and stay low. The
+trained items' part keeps its own scale (log p plus the weighted cosine), so pi and beta are chosen
+together on validation users of the new-item protocol (bench/new_item_share.py). Off (0): added
+items are ranked like trained ones, with 0 training interactions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,11 +75,13 @@ class ContentPriorRecommender:
 
     def __init__(self, generator, content: np.ndarray, weight: float, candidates: int = 50,
                  column_scale: np.ndarray | None = None, train_counts: np.ndarray | None = None,
-                 popularity_adjustment: float = 0.0, cold_weight: float = 0.0):
+                 popularity_adjustment: float = 0.0, cold_weight: float = 0.0, new_item_share: float = 0.0,
+                 new_item_sharpness: float = 20.0, n_trained: int | None = None):
         """`content` (items, c): ItemFeatures.content_matrix rows, as the items bring them;
         `column_scale` (c,): a factor per column applied before the rows are scaled to unit length
         (the image weight; None: all 1); `train_counts` (items,): training interactions per item,
-        which `popularity_adjustment` and `cold_weight` need."""
+        which `popularity_adjustment` and `cold_weight` need; `n_trained`: items 0..n_trained-1 are
+        the trained ones, the rest were added (default: all trained)."""
         if not hasattr(getattr(generator, "model", None), "pair_log_probs"):
             raise ValueError("generator.content_prior needs the causal backbone (it scores given items exactly)")
         if len(content) != generator.n_items:
@@ -85,6 +104,14 @@ class ContentPriorRecommender:
             if value and (self.train_counts is None or len(self.train_counts) != len(content)):
                 raise ValueError(f"generator.content_prior.{name} needs the training interactions of "
                                  f"each of the {len(content)} items")
+        self.new_item_share, self.new_item_sharpness = float(new_item_share), float(new_item_sharpness)
+        if not 0.0 <= self.new_item_share < 1.0:
+            raise ValueError(f"generator.content_prior.new_item_share must be in [0, 1), got {new_item_share}")
+        if self.new_item_sharpness < 0:
+            raise ValueError(f"generator.content_prior.new_item_sharpness must be >= 0, got {new_item_sharpness}")
+        self.n_trained = len(content) if n_trained is None else int(n_trained)
+        if not 0 <= self.n_trained <= len(content):
+            raise ValueError(f"{n_trained} trained items in a catalogue of {len(content)}")
         self.penalty = None if not self.popularity_adjustment else popularity_penalty(
             self.train_counts, self.popularity_adjustment).to(generator.device)
         # the cosine's weight: one number, or one per item with a cold weight
@@ -115,6 +142,8 @@ class ContentPriorRecommender:
             prior["popularity_adjustment"] = self.popularity_adjustment
         if self.cold_weight:
             prior["cold_weight"] = self.cold_weight
+        if self.new_item_share:
+            prior["new_item_share"], prior["new_item_sharpness"] = self.new_item_share, self.new_item_sharpness
         scales = set() if self.column_scale is None else {float(x) for x in self.column_scale} - {1.0}
         if len(scales) == 1:  # the only scaled block is the image's (content_column_scale)
             prior["image_weight"] = scales.pop()
@@ -130,7 +159,15 @@ class ContentPriorRecommender:
         counts = None if self.train_counts is None else np.concatenate([self.train_counts, np.zeros(n_added, np.int64)])
         return ContentPriorRecommender(self.generator.with_catalogue(semantic_ids, added_content), content,
                                        self.weight, self.candidates, self.column_scale, counts,
-                                       self.popularity_adjustment, self.cold_weight)
+                                       self.popularity_adjustment, self.cold_weight, self.new_item_share,
+                                       self.new_item_sharpness, self.n_trained)
+
+    def with_new_item_share(self, share: float, sharpness: float) -> ContentPriorRecommender:
+        """The same recommender with another new-item mixture (nothing is recomputed but the weights)."""
+        counts = self.train_counts
+        return ContentPriorRecommender(self.generator, self.source, self.weight, self.candidates, self.column_scale,
+                                       counts, self.popularity_adjustment, self.cold_weight, share, sharpness,
+                                       self.n_trained)
 
     @torch.no_grad()
     def recommend_with_scores(
@@ -153,7 +190,25 @@ class ContentPriorRecommender:
         return self.recommend_with_scores(histories, k, exclude)[0]
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return rank_candidates(*self.candidates_of(histories, beam_items, exclude), self.item_weight, k, self.penalty)
+        pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude)
+        if not self.new_item_share or self.n_trained == self.n_items:
+            return rank_candidates(pool, log_p, cosine, self.item_weight, k, self.penalty)
+        return rank_with_new_items(pool, log_p, cosine, self.item_weight, k, self.penalty,
+                                   self.new_item_cosines(histories, exclude), self.n_trained,
+                                   self.new_item_share, self.new_item_sharpness)
+
+    def new_item_cosines(self, histories, exclude) -> torch.Tensor:
+        """(users, added items) cosine of each added item to the user's last item; -inf where
+        excluded, 0 for a user without history (the new-item part then spreads evenly)."""
+        device = self.device
+        last = torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], device=device)
+        cosine = self.content[last.clamp(min=0)] @ self.content[self.n_trained:].T
+        cosine[last < 0] = 0.0
+        for row, excluded in enumerate(exclude if exclude is not None else []):
+            added = np.asarray(excluded, np.int64)
+            added = added[added >= self.n_trained] - self.n_trained
+            cosine[row, torch.as_tensor(added, device=device)] = NEG_INF
+        return cosine
 
     def candidates_of(self, histories, beam_items: np.ndarray, exclude) -> tuple[torch.Tensor, ...]:
         """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
@@ -187,15 +242,40 @@ def content_weights(train_counts: np.ndarray, weight: float, cold_weight: float)
     return weight + cold_weight * COLD_HALF / (COLD_HALF + counts)
 
 
-def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
-                    k: int, penalty: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The top k of log_p + weight x cosine (minus `penalty`, per item, when given) per row: (items,
-    scores) as numpy, -1 / -inf padded. `weight`: one number, or one per item (content_weights)."""
+def candidate_scores(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
+                     penalty: torch.Tensor | None = None) -> torch.Tensor:
+    """log_p + weight x cosine (minus `penalty`, per item, when given) of each candidate. `weight`:
+    one number, or one per item (content_weights)."""
     if penalty is not None:
         log_p = log_p - penalty[pool.clamp(min=0)]
     if isinstance(weight, torch.Tensor):
         weight = weight[pool.clamp(min=0)]
-    score = log_p + weight * cosine
+    return log_p + weight * cosine
+
+
+def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
+                    k: int, penalty: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of candidate_scores per row: (items, scores) as numpy, -1 / -inf padded."""
+    return top_k(pool, candidate_scores(pool, log_p, cosine, weight, penalty), k)
+
+
+def rank_with_new_items(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
+                        k: int, penalty: torch.Tensor | None, new_cosine: torch.Tensor, n_trained: int,
+                        share: float, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of the new-item mixture (module docstring): the trained candidates of `pool` at
+    log(1 - share) + candidate_scores, and the k added items nearest the last item (`new_cosine`,
+    (users, added items), -inf where excluded) at log share + log softmax(sharpness x new_cosine)."""
+    trained = candidate_scores(pool, log_p, cosine, weight, penalty).masked_fill(pool >= n_trained, NEG_INF)
+    logits = sharpness * new_cosine
+    top_cos, top_new = new_cosine.topk(min(k, new_cosine.shape[1]), dim=1)
+    new_score = math.log(share) + sharpness * top_cos - torch.logsumexp(logits, dim=1, keepdim=True)
+    new_score = new_score.masked_fill(top_cos == NEG_INF, NEG_INF)  # every added item excluded: nan otherwise
+    items = torch.cat([pool, top_new + n_trained], dim=1)
+    return top_k(items, torch.cat([trained + math.log1p(-share), new_score], dim=1), k)
+
+
+def top_k(pool: torch.Tensor, score: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best-scored items of each row of `pool`: (items, scores) as numpy, -1 / -inf padded."""
     top_score, top = score.topk(min(k, score.shape[1]), dim=1)
     items = pool.gather(1, top).masked_fill(top_score == NEG_INF, -1)
     b = len(pool)
@@ -211,12 +291,13 @@ def with_content_prior(generator, cfg, features, train_counts: np.ndarray | None
     ItemFeatures, read over the modalities the tokenizer uses; `train_counts`: training interactions
     per item (SplitDataset.train_item_counts), needed with a popularity adjustment or a cold weight."""
     prior = cfg.generator.content_prior
-    if not prior.weight:
+    if not (prior.weight or prior.new_item_share):
         return generator
     content = features.content_matrix(cfg.tokenizer.content_modalities)
     return ContentPriorRecommender(generator, content, prior.weight, prior.candidates,
                                    content_column_scale(features, cfg.tokenizer.content_modalities, prior.image_weight),
-                                   train_counts, prior.popularity_adjustment, prior.cold_weight)
+                                   train_counts, prior.popularity_adjustment, prior.cold_weight,
+                                   prior.new_item_share, prior.new_item_sharpness)
 
 
 def content_column_scale(features, modalities, image_weight: float) -> np.ndarray | None:

@@ -1,0 +1,148 @@
+"""Choose generator.content_prior.new_item_share and new_item_sharpness on validation users of the
+new-item protocol (bench/new_items.py), every seed of its semantic run.
+
+    python bench/new_items.py --config configs/beauty.yaml --rows semantic content    # trains, adds the items
+    python bench/new_item_share.py --config configs/beauty.yaml --seeds 42,43,44
+
+The settings act on items added after training only (cemg.generator.content_prior, "new-item
+mixture"), so they are chosen where added items compete with trained ones as they would after a
+real add: the validation users of bench/new_items.py's derived data (valid_users.json: each
+user's original second-to-last item after the items before it; about 5% of these targets are new
+items, as 5% of the catalogue is). The run with the new items added (run-semantic<tag>-content)
+ranks them at every grid point from one set of candidates per user. A share of 0 is the prior
+without the mixture (added items ranked like trained ones with 0 interactions).
+
+Chosen: the best mean validation NDCG@10 over all these users and seeds. The new-item test users of
+bench/new_items.py (evaluated_users.json) are scored at every grid point too, only to show what
+each setting does there; they choose nothing. Writes bench/results/new_item_share_<dataset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from cemg.artifacts import atomic_write_text  # noqa: E402
+from cemg.config import load_config  # noqa: E402
+from cemg.evaluation.metrics import summarize, target_ranks  # noqa: E402
+
+KS = [5, 10]
+
+
+def indexed(users: list[dict], index: dict[str, int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Histories and targets as catalogue indices; history items outside the catalogue (dropped by
+    the derived data's 5-core filter) are left out, and so are users left with no history or whose
+    target is outside it."""
+    histories, targets = [], []
+    for u in users:
+        history = [index[k] for k in u["history"] if k in index]
+        if history and u["target"] in index:
+            histories.append(np.asarray(history, dtype=np.int64))
+            targets.append(index[u["target"]])
+    return histories, np.asarray(targets, dtype=np.int64)
+
+
+@torch.no_grad()
+def grid_lists(prior, histories: list[np.ndarray], grid: list[tuple[float, float]], k: int) -> dict:
+    """Top-k lists per (share, sharpness), from one set of candidates per user (the prior's own)."""
+    from cemg.generator.content_prior import rank_candidates, rank_with_new_items
+
+    lists = {g: [] for g in grid}
+    batch = prior.config.eval_batch_size
+    for lo in range(0, len(histories), batch):
+        h = histories[lo : lo + batch]
+        beam, _ = prior.generator.recommend_with_scores(h, max(k, prior.candidates), h)
+        pool, log_p, cosine = prior.candidates_of(h, beam, h)
+        new_cosine = prior.new_item_cosines(h, h)
+        for share, sharpness in grid:
+            if share:
+                top = rank_with_new_items(pool, log_p, cosine, prior.item_weight, k, prior.penalty, new_cosine,
+                                          prior.n_trained, share, sharpness)[0]
+            else:
+                top = rank_candidates(pool, log_p, cosine, prior.item_weight, k, prior.penalty)[0]
+            lists[(share, sharpness)].append(top)
+    return {g: np.concatenate(parts) for g, parts in lists.items()}
+
+
+def metrics(ranks: np.ndarray) -> dict:
+    return {**summarize(ranks, KS), "users": int(len(ranks))} if len(ranks) else {"users": 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/beauty.yaml"))
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--work", type=Path, default=None, help="bench/new_items.py's folder (default runs/new-items-<dataset>)")
+    parser.add_argument("--tag", default="", help="bench/new_items.py's --tag of the semantic run")
+    parser.add_argument("--shares", default="0,0.02,0.05,0.1")
+    parser.add_argument("--sharpness", default="10,20,40,80")
+    parser.add_argument("--valid-users", type=int, default=10000,
+                        help="validation users sampled (seeded, the same for every seed); 0: all")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    from cemg.api import Recommender
+    from cemg.generator.content_prior import ContentPriorRecommender
+
+    name = load_config(args.config).data.name
+    work = args.work or ROOT / "runs" / f"new-items-{name}"
+    run = work / f"run-semantic{'-' + args.tag if args.tag else ''}-content"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    shares = [float(x) for x in args.shares.split(",")]
+    sharpness = [float(x) for x in args.sharpness.split(",")]
+    grid = [(s, b) for s in shares for b in (sharpness if s else sharpness[:1])]
+    valid_users = json.loads((work / "valid_users.json").read_text(encoding="utf-8"))
+    if args.valid_users and args.valid_users < len(valid_users):
+        pick = np.sort(np.random.default_rng(0).choice(len(valid_users), args.valid_users, replace=False))
+        valid_users = [valid_users[i] for i in pick]
+    test_users = json.loads((work / "evaluated_users.json").read_text(encoding="utf-8"))
+    result = {"command": "python " + " ".join(["bench/new_item_share.py", *sys.argv[1:]]), "machine": machine(),
+              "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "grid": grid, "per_seed": {}}
+    for seed in seeds:
+        start = time.perf_counter()
+        recommender = Recommender.load(run, device="cpu", seed=seed)
+        prior = recommender.generator
+        if not isinstance(prior, ContentPriorRecommender) or prior.n_trained == prior.n_items:
+            raise SystemExit(f"{run} seed {seed}: needs the content prior and added items (bench/new_items.py adds them)")
+        index = {key: i for i, key in enumerate(recommender.catalogue.dataset.items.keys)}
+        rows = {}
+        for part, users in (("valid", valid_users), ("test_new_targets", test_users)):
+            histories, targets = indexed(users, index)
+            is_new = targets >= prior.n_trained
+            for (share, sharp), top in grid_lists(prior, histories, grid, max(KS)).items():
+                ranks = target_ranks(top, targets)
+                row = rows.setdefault(f"{share:g}/{sharp:g}", {"share": share, "sharpness": sharp})
+                if part == "valid":
+                    row.update(valid=metrics(ranks), valid_new_targets=metrics(ranks[is_new]),
+                               valid_old_targets=metrics(ranks[~is_new]))
+                else:
+                    row["test_new_targets"] = metrics(ranks)
+        for key, row in rows.items():
+            print(f"seed {seed} share/sharpness {key}: valid NDCG@10 {row['valid']['NDCG@10']:.4f} "
+                  f"(new targets HR@10 {row['valid_new_targets'].get('HR@10', float('nan')):.4f}, old NDCG@10 "
+                  f"{row['valid_old_targets']['NDCG@10']:.4f}); test new targets HR@10 "
+                  f"{row['test_new_targets']['HR@10']:.4f}", flush=True)
+        result["per_seed"][str(seed)] = {"rows": rows, "seconds": round(time.perf_counter() - start, 1)}
+    keys = list(result["per_seed"][str(seeds[0])]["rows"])
+    mean = {key: {part: {m: float(np.mean([result["per_seed"][str(s)]["rows"][key][part][m] for s in seeds]))
+                         for m in ("HR@10", "NDCG@10")}
+                  for part in ("valid", "valid_new_targets", "valid_old_targets", "test_new_targets")}
+            for key in keys}
+    result["mean"] = mean
+    result["chosen"] = max(keys, key=lambda k: mean[k]["valid"]["NDCG@10"])
+    out = args.out or ROOT / "bench" / "results" / f"new_item_share_{name}.json"
+    atomic_write_text(out, json.dumps(result, indent=2))
+    print(f"chosen share/sharpness {result['chosen']} (best mean valid NDCG@10 over seeds {seeds}); wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
