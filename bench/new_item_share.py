@@ -55,7 +55,7 @@ def indexed(users: list[dict], index: dict[str, int]) -> tuple[list[np.ndarray],
 @torch.no_grad()
 def grid_lists(prior, histories: list[np.ndarray], grid: list[tuple[float, float]], k: int) -> dict:
     """Top-k lists per (share, sharpness), from one set of candidates per user (the prior's own)."""
-    from cemg.generator.content_prior import rank_candidates, rank_with_new_items
+    from cemg.generator.content_prior import prior_scores, rank_with_new_items, top_k
 
     lists = {g: [] for g in grid}
     batch = prior.config.eval_batch_size
@@ -64,12 +64,13 @@ def grid_lists(prior, histories: list[np.ndarray], grid: list[tuple[float, float
         beam, _ = prior.generator.recommend_with_scores(h, max(k, prior.candidates), h)
         pool, log_p, cosine = prior.candidates_of(h, beam, h)
         new_cosine = prior.new_item_cosines(h, h)
+        scores = prior_scores(pool, log_p, cosine, prior.item_weight, prior.penalty, prior.mixture,
+                              prior.mixture_sharpness)
         for share, sharpness in grid:
             if share:
-                top = rank_with_new_items(pool, log_p, cosine, prior.item_weight, k, prior.penalty, new_cosine,
-                                          prior.n_trained, share, sharpness)[0]
+                top = rank_with_new_items(pool, scores, k, new_cosine, prior.n_trained, share, sharpness)[0]
             else:
-                top = rank_candidates(pool, log_p, cosine, prior.item_weight, k, prior.penalty)[0]
+                top = top_k(pool, scores, k)[0]
             lists[(share, sharpness)].append(top)
     return {g: np.concatenate(parts) for g, parts in lists.items()}
 

@@ -277,7 +277,7 @@ def load_generator(run: Path | str | RunFolder, cfg: CEMGConfig, device: str = "
 
     generator = load_saved_generator(folder, cfg.generator.backbone, device)
     prior = cfg.generator.content_prior
-    if prior.weight or prior.new_item_share:
+    if prior.weight or prior.mixture or prior.new_item_share:
         from cemg.features.artifact import ItemFeatures
 
         counts = None

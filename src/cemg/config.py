@@ -234,6 +234,12 @@ class ContentPriorConfig(_Section):
     # more for an item the generator rarely saw as a target (content_prior.py). 0: off; runs made
     # before it existed have 0.
     cold_weight: float = Field(default=0.0, ge=0.0)
+    # The prior as a mixture of two experts, the generator (under the sum above) and the content
+    # neighbours of the last item: (1 - mixture) x softmax(log p + weight x cos) + mixture x
+    # softmax(mixture_sharpness x cos) over the candidates (content_prior.py). 0: off; runs made
+    # before it existed have 0.
+    mixture: float = Field(default=0.0, ge=0.0, lt=1.0)
+    mixture_sharpness: float = Field(default=10.0, ge=0.0)
     # Items added after training (`cemg items add`) as the other part of a mixture: the next item is
     # an added one with probability new_item_share, which one by a softmax of new_item_sharpness x
     # cosine to the last item (content_prior.py). 0: off, added items ranked like trained ones.

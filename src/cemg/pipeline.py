@@ -245,15 +245,17 @@ def run_pipeline(
         return result
 
     prior = cfg.generator.content_prior
-    # image_weight, popularity_adjustment and cold_weight were added after runs were evaluated: each
+    # image_weight, popularity_adjustment, cold_weight and the mixture were added after runs were evaluated: each
     # is left out at its default, as above, so those runs keep their evaluation.
-    added_later = {"image_weight": 1.0, "popularity_adjustment": 0.0, "cold_weight": 0.0}
+    added_later = {"image_weight": 1.0, "popularity_adjustment": 0.0, "cold_weight": 0.0, "mixture": 0.0,
+                   "mixture_sharpness": 10.0}
     # The new-item mixture acts on items added after training only, never on an evaluation.
     added_only = {"new_item_share", "new_item_sharpness"}
     prior_section = prior.model_dump(mode="json", exclude={k for k, v in added_later.items() if getattr(prior, k) == v}
                                      | added_only)
     h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
-                         *([prior_section, h_feat, cfg.tokenizer.content_modalities] if prior.weight else []))
+                         *([prior_section, h_feat, cfg.tokenizer.content_modalities] if prior.weight or prior.mixture
+                           else []))
     _stage(
         result, "evaluation", h_eval,
         lambda: RunEvaluation({part: evaluate(ranker, split, part, cfg.evaluation) for part in ("valid", "test")}),

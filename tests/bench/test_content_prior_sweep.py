@@ -62,7 +62,8 @@ def test_an_image_weight_sweep_matches_the_configured_prior(tiny_run, tmp_path):
     assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics
 
 
-@pytest.mark.parametrize("field, flag", [("popularity_adjustment", "--adjustments"), ("cold_weight", "--cold-weights")])
+@pytest.mark.parametrize("field, flag", [("popularity_adjustment", "--adjustments"), ("cold_weight", "--cold-weights"),
+                                         ("mixture", "--mixtures")])
 def test_an_adjustment_grid_writes_one_file_each_and_matches_the_configured_prior(tiny_run, tmp_path, field, flag):
     from cemg.api import load_generator
     from cemg.data.dataset import InteractionDataset
@@ -74,7 +75,8 @@ def test_an_adjustment_grid_writes_one_file_each_and_matches_the_configured_prio
     done = subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), "--seeds", "42", "--weights", "4",
                            "--candidates", "6", flag, "0.5", "--out", str(out)], check=True,
                           capture_output=True, text=True)
-    assert ("adjustment 0.5" if field == "popularity_adjustment" else "cold weight 0.5") in done.stdout
+    assert {"popularity_adjustment": "adjustment 0.5", "cold_weight": "cold weight 0.5",
+            "mixture": "mixture 0.5/10"}[field] in done.stdout
     result = json.loads(out.read_text())
     assert result[field] == 0.5
     cfg = load_run_config(tiny_run)
@@ -87,4 +89,4 @@ def test_an_adjustment_grid_writes_one_file_each_and_matches_the_configured_prio
     assert result["per_seed"]["42"]["weights"]["4.0"]["valid"] == evaluate(ranker, split, "valid", cfg.evaluation).metrics
     two = subprocess.run([sys.executable, str(SCRIPT), str(tiny_run), flag, "0,1", "--out", str(out)],
                          capture_output=True, text=True)
-    assert two.returncode != 0 and "one --adjustments and one --cold-weights value" in two.stderr
+    assert two.returncode != 0 and "one --adjustments, --cold-weights and --mixtures value" in two.stderr

@@ -255,3 +255,34 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
                                   ContentPriorRecommender(generator, content, 3.0, n).recommend(histories[:3], 8, exclude[:3]))
     with pytest.raises(ValueError, match="new_item_share must be in"):
         ContentPriorRecommender(generator, content, 3.0, 5, new_item_share=1.0)
+
+
+def test_the_mixture_ranks_by_a_mixture_of_the_generator_and_the_content_neighbours(generator):
+    content = toy_content(generator.n_items, dim=4, seed=2)
+    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
+    counts = np.random.default_rng(1).integers(0, 50, generator.n_items)
+    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
+    exclude = [np.unique(h) for h in histories]
+    lam, beta = 0.3, 8.0
+    prior = ContentPriorRecommender(generator, content, 2.0, generator.n_items, None, counts, cold_weight=1.0,
+                                    mixture=lam, mixture_sharpness=beta)
+    assert prior.info["content_prior"]["mixture"] == lam
+    items, scores = prior.recommend_with_scores(histories, 8, exclude)
+    exact = generator.model.sequence_log_probs(generator.last_states(histories), torch.arange(generator.n_items),
+                                               generator.tree).detach().numpy()
+    for row, history in enumerate(histories):
+        cos = unit @ unit[history[-1]]
+        keep = np.setdiff1d(np.arange(generator.n_items), history)  # every item is a candidate here
+
+        def softmax(x):
+            e = np.exp(x[keep] - x[keep].max())
+            return e / e.sum()
+
+        product = exact[row] + (2.0 + 1.0 * 5 / (5 + counts)) * cos
+        mixed = np.full(generator.n_items, -np.inf)
+        mixed[keep] = np.log((1 - lam) * softmax(product) + lam * softmax(beta * cos))
+        order = np.argsort(-mixed, kind="stable")[:8]
+        assert items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[row], mixed[order], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="mixture must be in"):
+        ContentPriorRecommender(generator, content, 2.0, 5, mixture=1.0)

@@ -33,6 +33,16 @@ one about weight. Unlike the popularity adjustment, which lifts every rare item 
 rare item by as much as its content resembles the last item's, the one signal such an item has.
 Off (0) unless the config sets it.
 
+`mixture` lambda (with `mixture_sharpness` beta) turns the sum into a mixture of two experts:
+
+    p(item) = (1 - lambda) x softmax(log p + weight x cos) + lambda x softmax(beta x cos),
+
+each softmax over the user's candidates. The sum above multiplies the generator's probability by
+exp(weight x cos), so an item the generator gives little probability (a cold one: its codes were rarely
+targets) stays low however near its content is; in the mixture, the content expert alone can
+carry such an item into the list. On Beauty's validation users it raised NDCG@10 and cold-start
+HR@10 together (docs/results.md, "Content prior as a mixture"). Off (0) unless the config sets it.
+
 `new_item_share` pi (with `new_item_sharpness` beta) ranks items added after training
 (cemg.added_items) as the other part of a two-part mixture, since the generator's log p of an item
 it never saw as a target is no estimate of how likely it is (on Beauty's new-item protocol a new
@@ -76,7 +86,8 @@ class ContentPriorRecommender:
     def __init__(self, generator, content: np.ndarray, weight: float, candidates: int = 50,
                  column_scale: np.ndarray | None = None, train_counts: np.ndarray | None = None,
                  popularity_adjustment: float = 0.0, cold_weight: float = 0.0, new_item_share: float = 0.0,
-                 new_item_sharpness: float = 20.0, n_trained: int | None = None):
+                 new_item_sharpness: float = 20.0, n_trained: int | None = None, mixture: float = 0.0,
+                 mixture_sharpness: float = 10.0):
         """`content` (items, c): ItemFeatures.content_matrix rows, as the items bring them;
         `column_scale` (c,): a factor per column applied before the rows are scaled to unit length
         (the image weight; None: all 1); `train_counts` (items,): training interactions per item,
@@ -105,10 +116,13 @@ class ContentPriorRecommender:
                 raise ValueError(f"generator.content_prior.{name} needs the training interactions of "
                                  f"each of the {len(content)} items")
         self.new_item_share, self.new_item_sharpness = float(new_item_share), float(new_item_sharpness)
-        if not 0.0 <= self.new_item_share < 1.0:
-            raise ValueError(f"generator.content_prior.new_item_share must be in [0, 1), got {new_item_share}")
-        if self.new_item_sharpness < 0:
-            raise ValueError(f"generator.content_prior.new_item_sharpness must be >= 0, got {new_item_sharpness}")
+        self.mixture, self.mixture_sharpness = float(mixture), float(mixture_sharpness)
+        for name, value in (("new_item_share", self.new_item_share), ("mixture", self.mixture)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"generator.content_prior.{name} must be in [0, 1), got {value}")
+        for name, value in (("new_item_sharpness", self.new_item_sharpness), ("mixture_sharpness", self.mixture_sharpness)):
+            if value < 0:
+                raise ValueError(f"generator.content_prior.{name} must be >= 0, got {value}")
         self.n_trained = len(content) if n_trained is None else int(n_trained)
         if not 0 <= self.n_trained <= len(content):
             raise ValueError(f"{n_trained} trained items in a catalogue of {len(content)}")
@@ -142,6 +156,8 @@ class ContentPriorRecommender:
             prior["popularity_adjustment"] = self.popularity_adjustment
         if self.cold_weight:
             prior["cold_weight"] = self.cold_weight
+        if self.mixture:
+            prior["mixture"], prior["mixture_sharpness"] = self.mixture, self.mixture_sharpness
         if self.new_item_share:
             prior["new_item_share"], prior["new_item_sharpness"] = self.new_item_share, self.new_item_sharpness
         scales = set() if self.column_scale is None else {float(x) for x in self.column_scale} - {1.0}
@@ -160,14 +176,13 @@ class ContentPriorRecommender:
         return ContentPriorRecommender(self.generator.with_catalogue(semantic_ids, added_content), content,
                                        self.weight, self.candidates, self.column_scale, counts,
                                        self.popularity_adjustment, self.cold_weight, self.new_item_share,
-                                       self.new_item_sharpness, self.n_trained)
+                                       self.new_item_sharpness, self.n_trained, self.mixture, self.mixture_sharpness)
 
     def with_new_item_share(self, share: float, sharpness: float) -> ContentPriorRecommender:
         """The same recommender with another new-item mixture (nothing is recomputed but the weights)."""
-        counts = self.train_counts
         return ContentPriorRecommender(self.generator, self.source, self.weight, self.candidates, self.column_scale,
-                                       counts, self.popularity_adjustment, self.cold_weight, share, sharpness,
-                                       self.n_trained)
+                                       self.train_counts, self.popularity_adjustment, self.cold_weight, share,
+                                       sharpness, self.n_trained, self.mixture, self.mixture_sharpness)
 
     @torch.no_grad()
     def recommend_with_scores(
@@ -191,10 +206,10 @@ class ContentPriorRecommender:
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
         pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude)
+        scores = prior_scores(pool, log_p, cosine, self.item_weight, self.penalty, self.mixture, self.mixture_sharpness)
         if not self.new_item_share or self.n_trained == self.n_items:
-            return rank_candidates(pool, log_p, cosine, self.item_weight, k, self.penalty)
-        return rank_with_new_items(pool, log_p, cosine, self.item_weight, k, self.penalty,
-                                   self.new_item_cosines(histories, exclude), self.n_trained,
+            return top_k(pool, scores, k)
+        return rank_with_new_items(pool, scores, k, self.new_item_cosines(histories, exclude), self.n_trained,
                                    self.new_item_share, self.new_item_sharpness)
 
     def new_item_cosines(self, histories, exclude) -> torch.Tensor:
@@ -253,19 +268,35 @@ def candidate_scores(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tens
     return log_p + weight * cosine
 
 
+def prior_scores(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
+                 penalty: torch.Tensor | None = None, mixture: float = 0.0, sharpness: float = 10.0) -> torch.Tensor:
+    """What the prior ranks the candidates by: candidate_scores, or with `mixture` lambda > 0 the log of
+    (1 - lambda) x softmax(candidate_scores) + lambda x softmax(sharpness x cosine), both softmaxes
+    over the row's candidates (module docstring, "mixture")."""
+    score = candidate_scores(pool, log_p, cosine, weight, penalty)
+    if not mixture:
+        return score
+    empty = pool < 0
+    generator_part = score.masked_fill(empty, NEG_INF).log_softmax(dim=1)
+    content_part = (sharpness * cosine).masked_fill(empty, NEG_INF).log_softmax(dim=1)
+    mixed = torch.logaddexp(generator_part + math.log1p(-mixture), content_part + math.log(mixture))
+    return mixed.nan_to_num(nan=NEG_INF)  # a row without candidates: -inf - -inf
+
+
 def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
-                    k: int, penalty: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The top k of candidate_scores per row: (items, scores) as numpy, -1 / -inf padded."""
-    return top_k(pool, candidate_scores(pool, log_p, cosine, weight, penalty), k)
+                    k: int, penalty: torch.Tensor | None = None, mixture: float = 0.0,
+                    sharpness: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of prior_scores per row: (items, scores) as numpy, -1 / -inf padded."""
+    return top_k(pool, prior_scores(pool, log_p, cosine, weight, penalty, mixture, sharpness), k)
 
 
-def rank_with_new_items(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tensor, weight: float | torch.Tensor,
-                        k: int, penalty: torch.Tensor | None, new_cosine: torch.Tensor, n_trained: int,
+def rank_with_new_items(pool: torch.Tensor, scores: torch.Tensor, k: int, new_cosine: torch.Tensor, n_trained: int,
                         share: float, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
     """The top k of the new-item mixture (module docstring): the trained candidates of `pool` at
-    log(1 - share) + candidate_scores, and the k added items nearest the last item (`new_cosine`,
-    (users, added items), -inf where excluded) at log share + log softmax(sharpness x new_cosine)."""
-    trained = candidate_scores(pool, log_p, cosine, weight, penalty).masked_fill(pool >= n_trained, NEG_INF)
+    log(1 - share) + their `scores` (prior_scores), and the k added items nearest the last item
+    (`new_cosine`, (users, added items), -inf where excluded) at log share + log softmax(sharpness x
+    new_cosine)."""
+    trained = scores.masked_fill(pool >= n_trained, NEG_INF)
     logits = sharpness * new_cosine
     top_cos, top_new = new_cosine.topk(min(k, new_cosine.shape[1]), dim=1)
     new_score = math.log(share) + sharpness * top_cos - torch.logsumexp(logits, dim=1, keepdim=True)
@@ -291,13 +322,14 @@ def with_content_prior(generator, cfg, features, train_counts: np.ndarray | None
     ItemFeatures, read over the modalities the tokenizer uses; `train_counts`: training interactions
     per item (SplitDataset.train_item_counts), needed with a popularity adjustment or a cold weight."""
     prior = cfg.generator.content_prior
-    if not (prior.weight or prior.new_item_share):
+    if not (prior.weight or prior.mixture or prior.new_item_share):
         return generator
     content = features.content_matrix(cfg.tokenizer.content_modalities)
     return ContentPriorRecommender(generator, content, prior.weight, prior.candidates,
                                    content_column_scale(features, cfg.tokenizer.content_modalities, prior.image_weight),
                                    train_counts, prior.popularity_adjustment, prior.cold_weight,
-                                   prior.new_item_share, prior.new_item_sharpness)
+                                   prior.new_item_share, prior.new_item_sharpness, mixture=prior.mixture,
+                                   mixture_sharpness=prior.mixture_sharpness)
 
 
 def content_column_scale(features, modalities, image_weight: float) -> np.ndarray | None:
