@@ -9,7 +9,8 @@ mixture"), so they are chosen where added items compete with trained ones as the
 real add: the validation users of bench/new_items.py's derived data (valid_users.json: each
 user's original second-to-last item after the items before it; about 5% of these targets are new
 items, as 5% of the catalogue is). The run with the new items added (run-semantic<tag>-content)
-ranks them at every grid point from one set of candidates per user. A share of 0 is the prior
+ranks them at every grid point from one set of candidates per user, under --config's other ranking
+settings (generator.content_prior), as bench/new_items.py ranks. A share of 0 is the prior
 without the mixture (added items ranked like trained ones with 0 interactions).
 
 Chosen: the best mean validation NDCG@10 over all these users and seeds. The new-item test users of
@@ -35,6 +36,7 @@ from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when 
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.config import load_config  # noqa: E402
 from cemg.evaluation.metrics import summarize, target_ranks  # noqa: E402
+from new_items import ranking_settings  # noqa: E402
 
 KS = [5, 10]
 
@@ -101,6 +103,7 @@ def main() -> None:
     shares = [float(x) for x in args.shares.split(",")]
     sharpness = [float(x) for x in args.sharpness.split(",")]
     grid = [(s, b) for s in shares for b in (sharpness if s else sharpness[:1])]
+    ranking, _ = ranking_settings(args.config)
     valid_users = json.loads((work / "valid_users.json").read_text(encoding="utf-8"))
     if args.valid_users and args.valid_users < len(valid_users):
         pick = np.sort(np.random.default_rng(0).choice(len(valid_users), args.valid_users, replace=False))
@@ -112,8 +115,9 @@ def main() -> None:
         start = time.perf_counter()
         recommender = Recommender.load(run, device="cpu", seed=seed)
         prior = recommender.generator
-        if not isinstance(prior, ContentPriorRecommender) or prior.n_trained == prior.n_items:
+        if not isinstance(prior, ContentPriorRecommender) or prior.n_trained == prior.n_items or ranking is None:
             raise SystemExit(f"{run} seed {seed}: needs the content prior and added items (bench/new_items.py adds them)")
+        prior = prior.replace(**ranking)  # --config's ranking settings, as bench/new_items.py ranks
         index = {key: i for i, key in enumerate(recommender.catalogue.dataset.items.keys)}
         rows = {}
         for part, users in (("valid", valid_users), ("test_new_targets", test_users)):

@@ -210,15 +210,30 @@ def scores_of(topk_keys: list[list[str]], targets: list[str]) -> dict[str, float
     return summarize(ranks, KS)
 
 
-def evaluate_semantic(run: Path, seed: int, users: list[dict], new_item_share: float = 0.0,
-                      new_item_sharpness: float = 20.0) -> dict:
-    """`new_item_share`, `new_item_sharpness`: generator.content_prior's new-item mixture, which acts on
-    added items only, so it is applied here (from --config) whatever the run recorded."""
+def ranking_settings(config: Path) -> tuple[dict[str, float] | None, str]:
+    """The ranking settings of `config`'s content prior (ContentPriorRecommender.RANKING; None without
+    a prior) and their label for the rows (the mixtures, when set)."""
+    from cemg.generator.content_prior import ContentPriorRecommender
+
+    prior = load_config(config).generator.content_prior
+    if not prior.weight:
+        return None, ""
+    label = "".join(f", {name} {getattr(prior, a):g}/{getattr(prior, b):g}"
+                    for name, a, b in (("mixture", "mixture", "mixture_sharpness"),
+                                       ("new-item share", "new_item_share", "new_item_sharpness"))
+                    if getattr(prior, a))
+    return {name: getattr(prior, name) for name in ContentPriorRecommender.RANKING}, label
+
+
+def evaluate_semantic(run: Path, seed: int, users: list[dict], ranking: dict[str, float] | None = None) -> dict:
+    """`ranking`: generator.content_prior settings that act at ranking time only
+    (ContentPriorRecommender.RANKING), applied whatever the run recorded: the bench ranks with
+    --config's, so a run trained before a ranking setting changed needs no retraining."""
     from cemg.api import Recommender
 
     recommender = Recommender.load(run, device="cpu", seed=seed)
-    if new_item_share:
-        recommender.generator = recommender.generator.with_new_item_share(new_item_share, new_item_sharpness)
+    if ranking:
+        recommender.generator = recommender.generator.replace(**ranking)
     known = set(recommender.catalogue.dataset.items.keys)
     # History items the derived data's 5-core filter dropped (too few interactions once the new items
     # left) are in no catalogue: left out, as for every other row.
@@ -329,7 +344,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     seeds = [int(s) for s in args.seeds.split(",")]
     name = load_config(args.config).data.name
-    prior = load_config(args.config).generator.content_prior
+    ranking, ranked_by = ranking_settings(args.config)  # what every semantic row ranks with
     work = args.work or ROOT / "runs" / f"new-items-{name}"
     started = time.time()
 
@@ -361,11 +376,9 @@ def main() -> None:
             for seed in seeds:
                 if RunFolder.open(run_copy, seed).added_items() is None:
                     add_items(run_copy, work / "new_items.jsonl", collab=stand_in, seed=seed)
-                per_seed[seed] = evaluate_semantic(run_copy, seed, users, prior.new_item_share, prior.new_item_sharpness)
+                per_seed[seed] = evaluate_semantic(run_copy, seed, users, ranking)
             about = f" ({', '.join(args.overrides)})" if args.overrides else ""
-            mixture = (f", new-item share {prior.new_item_share:g}, sharpness {prior.new_item_sharpness:g}"
-                       if prior.new_item_share else "")
-            row(f"CEMG, semantic generator{about}, new items added (collab stand-in: {stand_in}{mixture})", per_seed)
+            row(f"CEMG, semantic generator{about}, new items added (collab stand-in: {stand_in}{ranked_by})", per_seed)
     if "content" in args.rows:
         row("content-only reference: nearest item to the last one by [text; image] vectors",
             {seeds[0]: evaluate_content(semantic_run, seeds[0], users, work / "new_items.jsonl")})

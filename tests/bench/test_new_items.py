@@ -85,8 +85,8 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     grid = [(0.0, 20.0), (0.3, 5.0)]
     lists = share_bench.grid_lists(prior, histories, grid, 10)
     np.testing.assert_array_equal(lists[(0.0, 20.0)], prior.recommend(histories, 10, histories))
-    mixed = prior.with_new_item_share(0.3, 5.0).recommend(histories, 10, histories)
+    mixed = prior.replace(new_item_share=0.3, new_item_sharpness=5.0).recommend(histories, 10, histories)
     np.testing.assert_array_equal(lists[(0.3, 5.0)], mixed)
     assert (mixed >= prior.n_trained).any()  # a share of 0.3 puts added items in the lists
-    shared = bench.evaluate_semantic(run, seed, users, 0.3, 5.0)
+    shared = bench.evaluate_semantic(run, seed, users, {"new_item_share": 0.3, "new_item_sharpness": 5.0})
     assert shared["metrics"]["HR@10"] >= semantic["metrics"]["HR@10"]  # the new targets gain from it

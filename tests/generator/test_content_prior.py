@@ -227,7 +227,7 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
     exclude = [np.unique(h) for h in histories]
     plain = ContentPriorRecommender(generator, content, 3.0, n_all).with_catalogue(ids, added)
     share, sharpness = 0.2, 5.0
-    mixed = plain.with_new_item_share(share, sharpness)
+    mixed = plain.replace(new_item_share=share, new_item_sharpness=sharpness)
     assert mixed.n_trained == n and mixed.info["content_prior"]["new_item_share"] == share
     items, scores = mixed.recommend_with_scores(histories, 12, exclude)
     _, base_scores = plain.recommend_with_scores(histories, n_all, exclude)
@@ -253,6 +253,8 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
     alone = ContentPriorRecommender(generator, content, 3.0, n, new_item_share=share)
     np.testing.assert_array_equal(alone.recommend(histories[:3], 8, exclude[:3]),
                                   ContentPriorRecommender(generator, content, 3.0, n).recommend(histories[:3], 8, exclude[:3]))
+    with pytest.raises(ValueError, match="not a ranking setting of the content prior: candidates"):
+        plain.replace(candidates=3)
     with pytest.raises(ValueError, match="new_item_share must be in"):
         ContentPriorRecommender(generator, content, 3.0, 5, new_item_share=1.0)
 

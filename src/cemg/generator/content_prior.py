@@ -178,11 +178,19 @@ class ContentPriorRecommender:
                                        self.popularity_adjustment, self.cold_weight, self.new_item_share,
                                        self.new_item_sharpness, self.n_trained, self.mixture, self.mixture_sharpness)
 
-    def with_new_item_share(self, share: float, sharpness: float) -> ContentPriorRecommender:
-        """The same recommender with another new-item mixture (nothing is recomputed but the weights)."""
-        return ContentPriorRecommender(self.generator, self.source, self.weight, self.candidates, self.column_scale,
-                                       self.train_counts, self.popularity_adjustment, self.cold_weight, share,
-                                       sharpness, self.n_trained, self.mixture, self.mixture_sharpness)
+    # The settings that act at ranking time only: replace() changes them without recomputing anything else.
+    RANKING = ("weight", "popularity_adjustment", "cold_weight", "mixture", "mixture_sharpness", "new_item_share",
+               "new_item_sharpness")
+
+    def replace(self, **changes: float) -> ContentPriorRecommender:
+        """The same generator, content and candidates under other ranking settings (RANKING)."""
+        unknown = set(changes) - set(self.RANKING)
+        if unknown:
+            raise ValueError(f"not a ranking setting of the content prior: {', '.join(sorted(unknown))}")
+        now = {name: getattr(self, name) for name in self.RANKING}
+        return ContentPriorRecommender(self.generator, self.source, candidates=self.candidates,
+                                       column_scale=self.column_scale, train_counts=self.train_counts,
+                                       n_trained=self.n_trained, **{**now, **changes})
 
     @torch.no_grad()
     def recommend_with_scores(
