@@ -289,7 +289,8 @@ def content_vectors(features: list) -> np.ndarray:
 
 def evaluate_content(run: Path, seed: int, users: list[dict], new_items: Path) -> dict:
     """Rank every item (trained and new) by cosine similarity of its content vector (content_vectors)
-    to the user's last history item; history items masked."""
+    to the user's last history item; history items masked. A user with no history item left in the
+    catalogue gets an empty list (a miss)."""
     from cemg.added_items import encode_new_items
     from cemg.features.artifact import ItemFeatures
 
@@ -301,6 +302,9 @@ def evaluate_content(run: Path, seed: int, users: list[dict], new_items: Path) -
     lists = []
     for u in users:
         history = [index[k] for k in u["history"] if k in index]
+        if not history:  # every history item was dropped by the derived data's 5-core filter: no last item
+            lists.append([])
+            continue
         similarity = vectors @ vectors[history[-1]]
         similarity[history] = -np.inf
         lists.append([keys[j] for j in np.argsort(-similarity, kind="stable")[: max(KS)]])
