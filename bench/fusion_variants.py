@@ -21,9 +21,10 @@ finished base run, the first variant builds the shared stages and the others cop
 "attention" is also a row of the dataset's table (bench/<dataset>_tables.py: the default row, or the
 row with the same --set overrides): seeds its own folder lacks are taken from that row
 (`reference_from_table`), so `--variants concat mean content_attention` need not retrain it. On Toys
-the variants ran before configs/toys.yaml took Lite2 images and the content prior's cold weight, so
-they are collected with `--set features.image_model=efficientnet-lite0 --set
-generator.content_prior.cold_weight=0` (the table's "lite0_no_cold" row).
+the variants ran before configs/toys.yaml took Lite2 images and the content prior's cold weight and
+mixture, so they are collected with `--set features.image_model=efficientnet-lite0 --set
+generator.content_prior.cold_weight=0 --set generator.content_prior.mixture=0` (the table's
+"lite0_no_cold" row).
 
 Reports test HR@5/10 and NDCG@5/10 (all users and cold-start targets, <= 5 training interactions)
 as mean ± std over the seeds, and each variant against attention by a paired test across seeds and

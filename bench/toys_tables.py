@@ -6,8 +6,9 @@ Run from the repository root (configs/toys.yaml reads ../shared/data/toys):
     python bench/toys_tables.py --no-train        # tables from finished runs only
     python bench/toys_tables.py --rows semantic no_image sasrec
 
-Rows: CEMG (image + text + collab ids) with the semantic generator (the default), the same without
-the content prior's cold weight, and with EfficientNet-Lite0 or Lite1 images instead of Lite2; the
+Rows: CEMG (image + text + collab ids) with the semantic generator (the default: the content prior as
+a mixture), the same generators with the prior as a sum with and without its cold weight (the default
+before the mixture), with EfficientNet-Lite0 or Lite1 images instead of Lite2 (the sum); the
 hybrid generator; CEMG's ids without image, without text, without collab; text-only RQ-VAE ids (a
 TIGER-style tokenizer); SASRec; GRU4Rec and Popularity. Three seeds for the semantic and hybrid
 rows, without image, text-only ids and SASRec, one for the rest. How rows are trained and compared:
@@ -21,24 +22,33 @@ from dataset_tables import SEEDS, Baseline, Row, Tables, main
 
 ALL = ("data", "features", "collab")
 ONE = (42,)
-# The rows below the default's were measured before configs/toys.yaml took the content prior's cold
-# weight and EfficientNet-Lite2 images: they keep cold_weight 0, said in their commands, and are
+# The ablation rows were measured before configs/toys.yaml took the content prior's cold weight,
+# EfficientNet-Lite2 images and the mixture: they keep cold_weight 0 and the sum, said in their commands, and are
 # tested against the default generator with Lite0 images and the same inference ("lite0_no_cold"),
 # so that each difference is the ids' alone.
 NO_COLD = "generator.content_prior.cold_weight=0"
 LITE0 = "features.image_model=efficientnet-lite0"
+# The content prior as a sum (no mixture) and the sum's cold weight: what the rows below the default
+# ranked with before configs/toys.yaml took the mixture, said in their commands so they stay the
+# models measured; their commands without SUM (before the mixture existed) still name them.
+SUM = "generator.content_prior.mixture=0"
+COLD2 = "generator.content_prior.cold_weight=2"
+SHARED_GENERATORS = dict(shared_stages=("data", "features", "collab", "tokenizer", "generator"), shared_tokenizers=True,
+                         shared_seeded=("tokenizer", "generator"))
+
+
+def toys_command(seeds: tuple[int, ...], *overrides: str) -> str:
+    return f"cemg run --config configs/toys.yaml --seeds {','.join(map(str, seeds))} --quiet" + "".join(
+        f" --set {o}" for o in overrides)
 
 
 def ablation(label: str, overrides: tuple[str, ...], shared: tuple[str, ...], shared_tokenizers: bool = False,
              seeds: tuple[int, ...] = SEEDS) -> Row:
     """A row measured with Lite0 images and cold_weight 0; its earlier commands (before those defaults
     changed and the overrides said them) still name it."""
-    def command(*extra: str) -> str:
-        return f"cemg run --config configs/toys.yaml --seeds {','.join(map(str, seeds))} --quiet" + "".join(
-            f" --set {o}" for o in (*extra, *overrides))
-
-    return Row(label, (LITE0, NO_COLD, *overrides), shared, shared_tokenizers, seeds=seeds,
-               compare_to="lite0_no_cold", same_as=(command(), command(NO_COLD)))
+    return Row(label, (LITE0, NO_COLD, SUM, *overrides), shared, shared_tokenizers, seeds=seeds,
+               compare_to="lite0_no_cold", same_as=tuple(toys_command(seeds, *extra, *overrides)
+                                                         for extra in ((), (NO_COLD,), (LITE0, NO_COLD))))
 
 
 TOYS = Tables(
@@ -48,19 +58,28 @@ TOYS = Tables(
     docs_section="## Toys: overall and cold start",
     rows={
         "semantic": Row("CEMG (image + text + collab ids), semantic generator (default: codes and item "
-                        "content, content prior with its cold weight; no per-item parameter)"),
-        "semantic_no_cold": Row("CEMG (image + text + collab ids), semantic generator, content prior without "
-                                "the cold weight",
-                                (NO_COLD, "run_dir=runs/toys-no-cold"), ALL + ("tokenizer", "generator"), True,
-                                ("tokenizer", "generator")),
-        "lite0": Row("CEMG, the default with EfficientNet-Lite0 images (the Toys default before 2026-12-07)",
-                     (LITE0, "run_dir=runs/toys-lite0"), ("data",)),
-        "lite0_no_cold": Row("CEMG with EfficientNet-Lite0 images, without the cold weight (the inference of "
-                             "the rows below)",
-                             (LITE0, NO_COLD, "run_dir=runs/toys-lite0-no-cold"),
-                             ALL + ("tokenizer", "generator"), True, ("tokenizer", "generator"), compare_to="lite0"),
-        "lite1": Row("CEMG, the default with EfficientNet-Lite1 images",
-                     ("features.image_model=efficientnet-lite1", "run_dir=runs/toys-lite1"), ("data",)),
+                        "content, content prior as a mixture; no per-item parameter)"),
+        "semantic_sum": Row("CEMG (image + text + collab ids), semantic generator, content prior as a sum with "
+                            "its cold weight (the default before the mixture)",
+                            (SUM, COLD2, "run_dir=runs/toys-sum"), **SHARED_GENERATORS),
+        "semantic_no_cold": Row("CEMG (image + text + collab ids), semantic generator, content prior as a sum "
+                                "without the cold weight",
+                                (NO_COLD, SUM, "run_dir=runs/toys-no-cold"), **SHARED_GENERATORS,
+                                compare_to="semantic_sum",
+                                same_as=(toys_command(SEEDS, NO_COLD, "run_dir=runs/toys-no-cold"),)),
+        "lite0": Row("CEMG with EfficientNet-Lite0 images, content prior as a sum with its cold weight (the Toys "
+                     "default before 2026-12-07)",
+                     (LITE0, SUM, COLD2, "run_dir=runs/toys-lite0"), ("data",), compare_to="semantic_sum",
+                     same_as=(toys_command(SEEDS, LITE0, "run_dir=runs/toys-lite0"),)),
+        "lite0_no_cold": Row("CEMG with EfficientNet-Lite0 images, content prior as a sum without the cold weight "
+                             "(the inference of the rows below)",
+                             (LITE0, NO_COLD, SUM, "run_dir=runs/toys-lite0-no-cold"), **SHARED_GENERATORS,
+                             compare_to="lite0",
+                             same_as=(toys_command(SEEDS, LITE0, NO_COLD, "run_dir=runs/toys-lite0-no-cold"),)),
+        "lite1": Row("CEMG with EfficientNet-Lite1 images, content prior as a sum with its cold weight",
+                     ("features.image_model=efficientnet-lite1", SUM, COLD2, "run_dir=runs/toys-lite1"), ("data",),
+                     compare_to="semantic_sum",
+                     same_as=(toys_command(SEEDS, "features.image_model=efficientnet-lite1", "run_dir=runs/toys-lite1"),)),
         "hybrid": ablation("CEMG ids, hybrid generator (per-item vectors; beyond the paper)",
                            ("generator.mode=hybrid", "run_dir=runs/toys-hybrid"), ALL + ("tokenizer",), True),
         "no_image": ablation("CEMG without image, semantic generator",
