@@ -251,8 +251,10 @@ def run_pipeline(
                    "mixture_sharpness": 10.0}
     # The new-item mixture acts on items added after training only, never on an evaluation.
     added_only = {"new_item_share", "new_item_sharpness"}
+    # The mixture's sharpness does nothing without the mixture.
+    idle = set() if prior.mixture else {"mixture_sharpness"}
     prior_section = prior.model_dump(mode="json", exclude={k for k, v in added_later.items() if getattr(prior, k) == v}
-                                     | added_only)
+                                     | added_only | idle)
     h_eval = fingerprint("evaluation", h_gen, dump(cfg.evaluation),
                          *([prior_section, h_feat, cfg.tokenizer.content_modalities] if prior.weight or prior.mixture
                            else []))
