@@ -19,6 +19,15 @@ def generator():
     return rec
 
 
+def three_users(n_items: int):
+    """Content (and its unit rows), training counts, three histories and what each excludes."""
+    content = toy_content(n_items, dim=4, seed=2)
+    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
+    counts = np.random.default_rng(1).integers(0, 50, n_items)
+    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
+    return content, unit, counts, histories, [np.unique(h) for h in histories]
+
+
 def test_weight_zero_ranks_by_exact_log_p_and_never_below_the_beam(generator):
     histories = random_histories(8, generator.n_items, seed=3)
     histories = [h if len(h) else np.array([0]) for h in histories]
@@ -117,11 +126,7 @@ def test_the_image_weight_scales_the_image_block_of_the_cosine_also_for_added_it
 
 
 def test_the_popularity_adjustment_subtracts_tau_log_count_and_added_items_count_zero(generator):
-    content = toy_content(generator.n_items, dim=4, seed=2)
-    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
-    counts = np.random.default_rng(1).integers(0, 50, generator.n_items)
-    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
-    exclude = [np.unique(h) for h in histories]
+    content, unit, counts, histories, exclude = three_users(generator.n_items)
     prior = ContentPriorRecommender(generator, content, 3.0, generator.n_items, None, counts, 0.7)
     items, scores = prior.recommend_with_scores(histories, 8, exclude)
     exact = generator.model.sequence_log_probs(generator.last_states(histories), torch.arange(generator.n_items),
@@ -144,12 +149,8 @@ def test_the_popularity_adjustment_subtracts_tau_log_count_and_added_items_count
 
 
 def test_the_cold_weight_raises_the_cosine_weight_of_rarely_seen_items_and_of_added_ones(generator):
-    content = toy_content(generator.n_items, dim=4, seed=2)
-    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
-    counts = np.random.default_rng(1).integers(0, 50, generator.n_items)
+    content, unit, counts, histories, exclude = three_users(generator.n_items)
     counts[:3] = [0, 5, 45]
-    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
-    exclude = [np.unique(h) for h in histories]
     prior = ContentPriorRecommender(generator, content, 3.0, generator.n_items, None, counts, 0.2, cold_weight=4.0)
     # weight + cold x 5 / (5 + n): all of it for an item never seen, half at 5 interactions, a tenth at 45
     np.testing.assert_allclose(prior.item_weight[:3].numpy(), [7.0, 5.0, 3.4], rtol=1e-6)
@@ -260,11 +261,7 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
 
 
 def test_the_mixture_ranks_by_a_mixture_of_the_generator_and_the_content_neighbours(generator):
-    content = toy_content(generator.n_items, dim=4, seed=2)
-    unit = content / np.linalg.norm(content, axis=1, keepdims=True)
-    counts = np.random.default_rng(1).integers(0, 50, generator.n_items)
-    histories = [np.array([3, 7]), np.array([11]), np.array([5, 6, 29])]
-    exclude = [np.unique(h) for h in histories]
+    content, unit, counts, histories, exclude = three_users(generator.n_items)
     lam, beta = 0.3, 8.0
     prior = ContentPriorRecommender(generator, content, 2.0, generator.n_items, None, counts, cold_weight=1.0,
                                     mixture=lam, mixture_sharpness=beta)
