@@ -123,6 +123,9 @@ def test_the_image_weight_scales_the_image_block_of_the_cosine_also_for_added_it
         "content prior weight 8, popularity adjustment 0.25")
     assert describe_generator(causal, False, {"weight": 8, "cold_weight": 4}).endswith("prior weight 8, cold weight 4")
     assert "prior" not in describe_generator(causal, False, {"weight": 0, "cold_weight": 4})
+    assert describe_generator(causal, False, {"weight": 2, "mixture": 0.3, "mixture_sharpness": 10,
+                                              "new_item_share": 0.02, "new_item_sharpness": 40}).endswith(
+        "prior weight 2, as a mixture (lambda 0.3, beta 10), new-item share 0.02 (beta 40)")
 
 
 def test_the_popularity_adjustment_subtracts_tau_log_count_and_added_items_count_zero(generator):

@@ -64,7 +64,11 @@ def describe_generator(info: dict, reads_content: bool = False, prior: Mapping |
             + (f", content prior weight {weight:g}" if weight else "")
             + (f" (image block x {image_weight:g})" if weight and image_weight != 1.0 else "")
             + (f", cold weight {cold:g}" if weight and cold else "")
-            + (f", popularity adjustment {adjustment:g}" if weight and adjustment else ""))
+            + (f", popularity adjustment {adjustment:g}" if weight and adjustment else "")
+            + (f", as a mixture (lambda {prior['mixture']:g}, beta {prior.get('mixture_sharpness', 10.0):g})"
+               if prior.get("mixture") else "")
+            + (f", new-item share {prior['new_item_share']:g} (beta {prior.get('new_item_sharpness', 20.0):g})"
+               if prior.get("new_item_share") else ""))
 
 
 class SemanticIdRecommender:
