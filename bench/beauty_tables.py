@@ -21,23 +21,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_tables import ROOT, Baseline, Row, Tables, main
+from dataset_tables import PRIOR_AS_SUM as SUM
+from dataset_tables import ROOT, SHARED_GENERATORS, Baseline, Row, Tables, main, run_command
 
 ALL = ("data", "features", "collab")
-# The content prior as a sum (no mixture): what every row below the default ranked with before
-# configs/beauty.yaml took the mixture; said in their commands so they stay the models measured.
-SUM = "generator.content_prior.mixture=0"
 # The generator as the rows from semantic_codes on were measured: codes only, no content prior.
 CODES_ONLY = ("generator.causal.content_features=false", "generator.content_prior.weight=0", SUM)
-SHARED_GENERATORS = dict(shared_stages=("data", "features", "collab", "tokenizer", "generator"), shared_tokenizers=True,
-                         shared_seeded=("tokenizer", "generator"))
 
 
 def before_mixture(row: Row) -> Row:
     """`row` with the sum said in its command; its command without it (before the mixture existed)
     still names the same model."""
-    command = f"cemg run --config configs/beauty.yaml --seeds {','.join(map(str, row.seeds))} --quiet" + "".join(
-        f" --set {o}" for o in row.overrides)
+    command = " ".join(run_command("configs/beauty.yaml", row.seeds, row.overrides))
     at = next(i for i, o in enumerate(row.overrides) if o.startswith("run_dir="))
     overrides = (*row.overrides[:at], SUM, *row.overrides[at:])
     return Row(row.label, overrides, row.shared_stages, row.shared_tokenizers, row.shared_seeded, row.seeds,

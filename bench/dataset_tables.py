@@ -44,6 +44,21 @@ SEEDS = (42, 43, 44)
 KS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
 
+def run_command(config: str, seeds, overrides) -> list[str]:
+    """`cemg run` of `config` over `seeds` with `overrides`: how every row's command is written (and
+    matched against earlier tables' commands)."""
+    return ["cemg", "run", "--config", config, "--seeds", ",".join(map(str, seeds)), "--quiet",
+            *sum((["--set", o] for o in overrides), [])]
+
+
+# The content prior as a sum, what every row ranked with before the configs took the mixture: said in
+# the commands of rows measured that way, so they stay the models measured.
+PRIOR_AS_SUM = "generator.content_prior.mixture=0"
+# A row that ranks the default run's own generators another way: every stage but the evaluation copied.
+SHARED_GENERATORS = dict(shared_stages=("data", "features", "collab", "tokenizer", "generator"), shared_tokenizers=True,
+                         shared_seeded=("tokenizer", "generator"))
+
+
 @dataclass(frozen=True)
 class Row:
     """A CEMG-family row: `cemg run` of the dataset's config with `overrides`."""
@@ -102,8 +117,7 @@ class Tables:
         return next((Path(o.split("=", 1)[1]) for o in row.overrides if o.startswith("run_dir=")), self.main_run)
 
     def command(self, row: Row) -> list[str]:
-        return ["cemg", "run", "--config", self.config, "--seeds", ",".join(map(str, row.seeds)), "--quiet",
-                *sum((["--set", o] for o in row.overrides), [])]
+        return run_command(self.config, row.seeds, row.overrides)
 
     def baseline_folder(self, name: str, seed: int) -> Path:
         return Path("runs") / f"{self.dataset}-{name}" / f"seed-{seed}"

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
-from dataset_tables import cell, copy_shared, evaluation_hashes, seed_results, seeds_from_earlier  # noqa: E402
+from dataset_tables import cell, copy_shared, evaluation_hashes, run_command, seed_results, seeds_from_earlier  # noqa: E402
 from kept_results import kept, with_kept  # noqa: E402
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.config import load_config  # noqa: E402
@@ -89,8 +89,7 @@ def reference_from_table(dataset: str, config: str, seeds: list[int], overrides:
     table = ROOT / "bench" / "results" / f"{dataset}_tables.json"
     if not table.is_file():
         return {}, None
-    wanted = f"cemg run --config {config} --seeds {','.join(map(str, seeds))} --quiet" + "".join(
-        f" --set {o}" for o in overrides)
+    wanted = " ".join(run_command(config, seeds, overrides))
     for name, row in json.loads(table.read_text(encoding="utf-8")).get("rows", {}).items():
         words = row.get("command", "").split()
         run_dir = next((w.split("=", 1)[1] for w in words if w.startswith("run_dir=")), None)
@@ -108,9 +107,7 @@ def reference_from_table(dataset: str, config: str, seeds: list[int], overrides:
 
 
 def cemg_command(config: str, seeds: list[int], variant: str, run_dir: Path, extra: list[str]) -> list[str]:
-    overrides = [f"tokenizer.fusion={variant}", f"run_dir={run_dir}", *extra]
-    return ["cemg", "run", "--config", config, "--seeds", ",".join(map(str, seeds)), "--quiet",
-            *sum((["--set", o] for o in overrides), [])]
+    return run_command(config, seeds, [f"tokenizer.fusion={variant}", f"run_dir={run_dir}", *extra])
 
 
 def train(cmd: list[str]) -> None:

@@ -18,7 +18,8 @@ start" section of docs/results.md.
 
 from __future__ import annotations
 
-from dataset_tables import SEEDS, Baseline, Row, Tables, main
+from dataset_tables import PRIOR_AS_SUM as SUM
+from dataset_tables import SEEDS, SHARED_GENERATORS, Baseline, Row, Tables, main, run_command
 
 ALL = ("data", "features", "collab")
 ONE = (42,)
@@ -28,18 +29,13 @@ ONE = (42,)
 # so that each difference is the ids' alone.
 NO_COLD = "generator.content_prior.cold_weight=0"
 LITE0 = "features.image_model=efficientnet-lite0"
-# The content prior as a sum (no mixture) and the sum's cold weight: what the rows below the default
-# ranked with before configs/toys.yaml took the mixture, said in their commands so they stay the
-# models measured; their commands without SUM (before the mixture existed) still name them.
-SUM = "generator.content_prior.mixture=0"
+# The sum's cold weight (the rows that ranked with the sum say it; their commands without SUM, from
+# before the mixture existed, still name them).
 COLD2 = "generator.content_prior.cold_weight=2"
-SHARED_GENERATORS = dict(shared_stages=("data", "features", "collab", "tokenizer", "generator"), shared_tokenizers=True,
-                         shared_seeded=("tokenizer", "generator"))
 
 
 def toys_command(seeds: tuple[int, ...], *overrides: str) -> str:
-    return f"cemg run --config configs/toys.yaml --seeds {','.join(map(str, seeds))} --quiet" + "".join(
-        f" --set {o}" for o in overrides)
+    return " ".join(run_command("configs/toys.yaml", seeds, overrides))
 
 
 def ablation(label: str, overrides: tuple[str, ...], shared: tuple[str, ...], shared_tokenizers: bool = False,
