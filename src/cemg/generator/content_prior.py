@@ -45,9 +45,8 @@ HR@10 together (docs/results.md, "Content prior as a mixture"). Off (0) unless t
 
 `new_item_share` pi (with `new_item_sharpness` beta) ranks items added after training
 (cemg.added_items) as the other part of a two-part mixture, since the generator's log p of an item
-it never saw as a target is no estimate of how likely it is (on Beauty's new-item protocol a new
-target's median log p is 2.5 nats below a trained target's; docs/results.md, "New items without
-retraining"). The next item is new with probability pi, and which new item follows a softmax of
+it never saw as a target is no estimate of how likely it is: training taught it that such an
+item's codes were never the next item's (docs/results.md, "New items without retraining"). The next item is new with probability pi, and which new item follows a softmax of
 beta x cosine to the last item over the added items (the content-only reference's order):
 
     trained item:  log(1 - pi) + (the score above)
