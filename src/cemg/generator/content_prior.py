@@ -46,8 +46,9 @@ HR@10 together (docs/results.md, "Content prior as a mixture"). Off (0) unless t
 `new_item_share` pi (with `new_item_sharpness` beta) ranks items added after training
 (cemg.added_items) as the other part of a two-part mixture, since the generator's log p of an item
 it never saw as a target is no estimate of how likely it is: training taught it that such an
-item's codes were never the next item's (docs/results.md, "New items without retraining"). The next item is new with probability pi, and which new item follows a softmax of
-beta x cosine to the last item over the added items (the content-only reference's order):
+item's codes were never the next item's (docs/results.md, "New items without retraining"). The next
+item is new with probability pi, and which new item follows a softmax of beta x cosine to the last
+item over the added items (the content-only reference's order):
 
     trained item:  log(1 - pi) + (the score above)
     added item:    log pi + beta x cos(item, last) - log sum_{added j} exp(beta x cos(j, last))
@@ -173,9 +174,8 @@ class ContentPriorRecommender:
         content = np.concatenate([self.source, np.asarray(added_content, np.float32)])
         counts = None if self.train_counts is None else np.concatenate([self.train_counts, np.zeros(n_added, np.int64)])
         return ContentPriorRecommender(self.generator.with_catalogue(semantic_ids, added_content), content,
-                                       self.weight, self.candidates, self.column_scale, counts,
-                                       self.popularity_adjustment, self.cold_weight, self.new_item_share,
-                                       self.new_item_sharpness, self.n_trained, self.mixture, self.mixture_sharpness)
+                                       candidates=self.candidates, column_scale=self.column_scale,
+                                       train_counts=counts, n_trained=self.n_trained, **self._ranking())
 
     # The settings that act at ranking time only: replace() changes them without recomputing anything else.
     RANKING = ("weight", "popularity_adjustment", "cold_weight", "mixture", "mixture_sharpness", "new_item_share",
@@ -186,10 +186,12 @@ class ContentPriorRecommender:
         unknown = set(changes) - set(self.RANKING)
         if unknown:
             raise ValueError(f"not a ranking setting of the content prior: {', '.join(sorted(unknown))}")
-        now = {name: getattr(self, name) for name in self.RANKING}
         return ContentPriorRecommender(self.generator, self.source, candidates=self.candidates,
                                        column_scale=self.column_scale, train_counts=self.train_counts,
-                                       n_trained=self.n_trained, **{**now, **changes})
+                                       n_trained=self.n_trained, **{**self._ranking(), **changes})
+
+    def _ranking(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.RANKING}
 
     @torch.no_grad()
     def recommend_with_scores(
