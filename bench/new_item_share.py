@@ -1,5 +1,5 @@
-"""Choose generator.content_prior.new_item_share and new_item_sharpness on validation users of the
-new-item protocol (bench/new_items.py), every seed of its semantic run.
+"""Choose generator.content_prior.new_item_share, new_item_sharpness and new_item_prefix_levels on
+validation users of the new-item protocol (bench/new_items.py), every seed of its semantic run.
 
     python bench/new_items.py --config configs/beauty.yaml --rows semantic content    # trains, adds the items
     python bench/new_item_share.py --config configs/beauty.yaml --seeds 42,43,44
@@ -13,9 +13,14 @@ ranks them at every grid point from one set of candidates per user, under --conf
 settings (generator.content_prior), as bench/new_items.py ranks. A share of 0 is the prior
 without the mixture (added items ranked like trained ones with 0 interactions).
 
-Chosen: the best mean validation NDCG@10 over all these users and seeds. The new-item test users of
-bench/new_items.py (evaluated_users.json) are scored at every grid point too, only to show what
-each setting does there; they choose nothing. Writes bench/results/new_item_share_<dataset>.json.
+Chosen (docs/results.md, "New items without retraining", the rule with a bar for added items): the
+best mean validation NDCG@10 over all these users and seeds among the settings whose mean
+validation HR@10 on the users whose target is new is above the content-only reference's on the
+same users (bench/new_items.py's reference: nearest item by [text; image] vectors to the last one);
+if none is, the best overall. `--no-bar` chooses by NDCG@10 alone (the first choice). The new-item
+test users of bench/new_items.py (evaluated_users.json) are scored at every grid point too, only to
+show what each setting does there; they choose nothing. Writes
+bench/results/new_item_share_<dataset>.json.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when 
 from cemg.artifacts import atomic_write_text  # noqa: E402
 from cemg.config import load_config  # noqa: E402
 from cemg.evaluation.metrics import summarize, target_ranks  # noqa: E402
-from new_items import ranking_settings  # noqa: E402
+from new_items import evaluate_content, ranking_settings  # noqa: E402
 
 KS = [5, 10]
 
@@ -55,26 +60,38 @@ def indexed(users: list[dict], index: dict[str, int]) -> tuple[list[np.ndarray],
 
 
 @torch.no_grad()
-def grid_lists(prior, histories: list[np.ndarray], grid: list[tuple[float, float]], k: int) -> dict:
-    """Top-k lists per (share, sharpness), from one set of candidates per user (the prior's own)."""
+def grid_lists(prior, histories: list[np.ndarray], grid: list[tuple[float, float, int]], k: int) -> dict:
+    """Top-k lists per (share, sharpness, prefix levels), from one set of candidates per user (the
+    prior's own)."""
     from cemg.generator.content_prior import prior_scores, rank_with_new_items, top_k
 
     lists = {g: [] for g in grid}
     batch = prior.config.eval_batch_size
+    levels = sorted({g[2] for g in grid if g[0]})
     for lo in range(0, len(histories), batch):
         h = histories[lo : lo + batch]
         beam, _ = prior.generator.recommend_with_scores(h, max(k, prior.candidates), h)
         pool, log_p, cosine = prior.candidates_of(h, beam, h)
         new_cosine = prior.new_item_cosines(h, h)
+        prefix = {level: prior.new_item_prefix_log_probs(h, level) for level in levels if level}
         scores = prior_scores(pool, log_p, cosine, prior.item_weight, prior.penalty, prior.mixture,
                               prior.mixture_sharpness)
-        for share, sharpness in grid:
-            if share:
-                top = rank_with_new_items(pool, scores, k, new_cosine, prior.n_trained, share, sharpness)[0]
+        for share, sharpness, level in grid:
+            if share:  # new_item_logits' sum, from the parts computed once per batch
+                logits = sharpness * new_cosine + (prefix[level] if level else 0.0)
+                top = rank_with_new_items(pool, scores, k, logits, prior.n_trained, share)[0]
             else:
                 top = top_k(pool, scores, k)[0]
-            lists[(share, sharpness)].append(top)
+            lists[(share, sharpness, level)].append(top)
     return {g: np.concatenate(parts) for g, parts in lists.items()}
+
+
+def choose(mean: dict, reference_new_hr: float | None) -> str:
+    """The rule (module docstring): the best mean valid NDCG@10 among the settings whose valid HR@10
+    on new targets is above `reference_new_hr`, or overall when none is or no bar is given."""
+    qualified = [key for key, m in mean.items()
+                 if reference_new_hr is not None and m["valid_new_targets"]["HR@10"] > reference_new_hr]
+    return max(qualified or list(mean), key=lambda key: mean[key]["valid"]["NDCG@10"])
 
 
 def metrics(ranks: np.ndarray) -> dict:
@@ -89,6 +106,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="bench/new_items.py's --tag of the semantic run")
     parser.add_argument("--shares", default="0,0.02,0.05,0.1")
     parser.add_argument("--sharpness", default="10,20,40,80")
+    parser.add_argument("--prefix-levels", default="0,1", help="new_item_prefix_levels values")
+    parser.add_argument("--no-bar", action="store_true", help="choose by validation NDCG@10 alone")
     parser.add_argument("--valid-users", type=int, default=10000,
                         help="validation users sampled (seeded, the same for every seed); 0: all")
     parser.add_argument("--out", type=Path, default=None)
@@ -102,7 +121,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     shares = [float(x) for x in args.shares.split(",")]
     sharpness = [float(x) for x in args.sharpness.split(",")]
-    grid = [(s, b) for s in shares for b in (sharpness if s else sharpness[:1])]
+    prefix_levels = [int(x) for x in args.prefix_levels.split(",")]
+    grid = [(s, b, p) for s in shares for b in (sharpness if s else sharpness[:1]) for p in (prefix_levels if s else [0])]
     ranking, _ = ranking_settings(args.config)
     valid_users = json.loads((work / "valid_users.json").read_text(encoding="utf-8"))
     if args.valid_users and args.valid_users < len(valid_users):
@@ -111,6 +131,17 @@ def main() -> None:
     test_users = json.loads((work / "evaluated_users.json").read_text(encoding="utf-8"))
     result = {"command": "python " + " ".join(["bench/new_item_share.py", *sys.argv[1:]]), "machine": machine(),
               "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "grid": grid, "per_seed": {}}
+    # The bar: the content-only reference on the validation users whose target is new (its vectors
+    # are the same for every seed, as in bench/new_items.py).
+    reference = None
+    if not args.no_bar:
+        index = {json.loads(line)["item_id"] for line in (work / "new_items.jsonl").read_text(encoding="utf-8").splitlines()}
+        new_target_users = [u for u in valid_users if u["target"] in index]
+        reference = evaluate_content(run, seeds[0], new_target_users, work / "new_items.jsonl")
+        reference["users"] = len(new_target_users)
+        result["reference_valid_new_targets"] = reference
+        print(f"content-only reference, valid users with a new target ({len(new_target_users)}): HR@10 "
+              f"{reference['metrics']['HR@10']:.4f}", flush=True)
     for seed in seeds:
         start = time.perf_counter()
         recommender = Recommender.load(run, device="cpu", seed=seed)
@@ -123,9 +154,10 @@ def main() -> None:
         for part, users in (("valid", valid_users), ("test_new_targets", test_users)):
             histories, targets = indexed(users, index)
             is_new = targets >= prior.n_trained
-            for (share, sharp), top in grid_lists(prior, histories, grid, max(KS)).items():
+            for (share, sharp, level), top in grid_lists(prior, histories, grid, max(KS)).items():
                 ranks = target_ranks(top, targets)
-                row = rows.setdefault(f"{share:g}/{sharp:g}", {"share": share, "sharpness": sharp})
+                row = rows.setdefault(f"{share:g}/{sharp:g}" + (f"/prefix {level}" if level else ""),
+                                      {"share": share, "sharpness": sharp, "prefix_levels": level})
                 if part == "valid":
                     row.update(valid=metrics(ranks), valid_new_targets=metrics(ranks[is_new]),
                                valid_old_targets=metrics(ranks[~is_new]))
@@ -143,10 +175,12 @@ def main() -> None:
                   for part in ("valid", "valid_new_targets", "valid_old_targets", "test_new_targets")}
             for key in keys}
     result["mean"] = mean
-    result["chosen"] = max(keys, key=lambda k: mean[k]["valid"]["NDCG@10"])
+    result["chosen"] = choose(mean, None if reference is None else reference["metrics"]["HR@10"])
+    result["rule"] = ("best mean valid NDCG@10" + ("" if reference is None else
+                      " among settings whose mean valid HR@10 on new targets is above the content-only reference's"))
     out = args.out or ROOT / "bench" / "results" / f"new_item_share_{name}.json"
     atomic_write_text(out, json.dumps(result, indent=2))
-    print(f"chosen share/sharpness {result['chosen']} (best mean valid NDCG@10 over seeds {seeds}); wrote {out}")
+    print(f"chosen share/sharpness {result['chosen']} ({result['rule']}, seeds {seeds}); wrote {out}")
 
 
 if __name__ == "__main__":

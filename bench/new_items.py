@@ -222,6 +222,8 @@ def ranking_settings(config: Path) -> tuple[dict[str, float] | None, str]:
                     for name, a, b in (("mixture", "mixture", "mixture_sharpness"),
                                        ("new-item share", "new_item_share", "new_item_sharpness"))
                     if getattr(prior, a))
+    if prior.new_item_share and prior.new_item_prefix_levels:
+        label += f" x p(first {prior.new_item_prefix_levels} code(s))"
     return {name: getattr(prior, name) for name in ContentPriorRecommender.RANKING}, label
 
 

@@ -246,6 +246,9 @@ class ContentPriorConfig(_Section):
     # Trained catalogues (evaluation, `cemg run`) are not affected.
     new_item_share: float = Field(default=0.0, ge=0.0, lt=1.0)
     new_item_sharpness: float = Field(default=20.0, ge=0.0)
+    # In that softmax, also the generator's log p of the added item's first this many codes (the
+    # region of the catalogue the history leads to; content_prior.py). 0: the cosine alone.
+    new_item_prefix_levels: int = Field(default=0, ge=0)
 
 
 class GeneratorConfig(_Section):

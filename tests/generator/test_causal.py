@@ -78,6 +78,13 @@ def test_pair_log_probs_scores_each_shared_prefix_once_with_the_teacher_forced_v
                for level, lg in enumerate(logits)).reshape(n, m)
     got = model.pair_log_probs(states, items, rec.tree)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # `levels`: the log p of the first codes only
+    first_two = sum(lg.log_softmax(-1).gather(1, codes[:, level : level + 1]).squeeze(1)
+                    for level, lg in enumerate(logits[:2])).reshape(n, m)
+    torch.testing.assert_close(model.pair_log_probs(states, items, rec.tree, levels=2), first_two, rtol=0, atol=1e-6)
+    assert not model.pair_log_probs(states, items, rec.tree, levels=0).any()
+    with pytest.raises(ValueError, match="4 levels asked of items with 3 codes"):
+        model.pair_log_probs(states, items, rec.tree, levels=4)
 
 
 @pytest.mark.parametrize(

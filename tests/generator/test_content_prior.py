@@ -253,6 +253,27 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
     # (all of them are in a list as long as the catalogue)
     every, every_score = mixed.recommend_with_scores(histories[:1], n_all, exclude[:1])
     assert np.exp(every_score[0][every[0] >= n]).sum() == pytest.approx(share, rel=1e-4)
+    # with the first code weighed by the generator, an added item's logit gains its log p of that code
+    weighed = mixed.replace(new_item_prefix_levels=1)
+    assert weighed.info["content_prior"]["new_item_prefix_levels"] == 1
+    items, scores = weighed.recommend_with_scores(histories, 12, exclude)
+    extended = weighed.generator  # the catalogue with the added items: its tree has their nodes
+    root = extended.tree.children(0, torch.zeros(len(histories), dtype=torch.long))
+    first_logits = extended.model.level_logits(0, extended.last_states(histories), root).masked_fill(root < 0, -np.inf)
+    first_log_p = first_logits.log_softmax(-1).detach().numpy()
+    for row, history in enumerate(histories):
+        want = np.full(n_all, -np.inf)
+        trained = base_items[row] < n
+        want[base_items[row][trained]] = np.log(1 - share) + base_scores[row][trained]
+        cos = unit[n:] @ unit[history[-1]]
+        cos[[i - n for i in history if i >= n]] = -np.inf
+        logit = sharpness * cos + first_log_p[row][ids.codes[n:, 0]]
+        want[n:] = np.log(share) + logit - np.log(np.exp(logit).sum())
+        order = np.argsort(-want, kind="stable")[:12]
+        assert items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="new_item_prefix_levels must be in"):
+        mixed.replace(new_item_prefix_levels=4)
     # a trained catalogue is ranked as without it
     alone = ContentPriorRecommender(generator, content, 3.0, n, new_item_share=share)
     np.testing.assert_array_equal(alone.recommend(histories[:3], 8, exclude[:3]),

@@ -368,21 +368,26 @@ class CausalSemanticModel(nn.Module):
         n, m = len(hidden), len(items)
         return self.pair_log_probs(hidden, items[None].expand(n, m), tree)
 
-    def pair_log_probs(self, hidden: torch.Tensor, items: torch.Tensor, tree: PrefixTree | None = None) -> torch.Tensor:
+    def pair_log_probs(self, hidden: torch.Tensor, items: torch.Tensor, tree: PrefixTree | None = None,
+                       levels: int | None = None) -> torch.Tensor:
         """(n, d) states, (n, m) item ids, a row of items per state -> (n, m) their log p as in
-        `sequence_log_probs` (each user scored on their own candidates)."""
+        `sequence_log_probs` (each user scored on their own candidates); with `levels`, the log p of
+        the items' first `levels` codes only."""
         n, m = items.shape
+        levels = self.levels if levels is None else levels
+        if not 0 <= levels <= self.levels:
+            raise ValueError(f"{levels} levels asked of items with {self.levels} codes")
         if (self.spec.trie_softmax or self.has_node_vectors) and tree is None:
             raise ValueError("trie softmax and node vectors need the item prefix tree")
         flat_items = items.reshape(-1)
         codes = self.item_tokens[flat_items] - self.item_tokens.new_tensor(self.offsets)  # (n * m, L)
         user = torch.arange(n, device=items.device).repeat_interleave(m)
-        total = 0
+        total = torch.zeros((n * m,), dtype=hidden.dtype, device=hidden.device)
         # A user's candidates that share their codes above a level share that level's distribution:
         # each (user, prefix) is scored once. Re-ranking 100 candidates per user otherwise spends
         # most of an evaluation scoring the same nodes' children again (profile in docs/results.md).
         # Per row the arithmetic is teacher_forced_logits' own, in the same order.
-        for level in range(self.levels):
+        for level in range(levels):
             if tree is not None:  # the prefix is the item's depth-`level` node: one integer key
                 node = tree.ancestor[level].to(items.device)[flat_items]
                 _, inverse = torch.unique(user * tree.n_nodes[level] + node, return_inverse=True)

@@ -58,6 +58,14 @@ item than the rest it takes most of it, and when none is near they split it and 
 trained items' part keeps its own scale (log p plus the weighted cosine), so pi and beta are chosen
 together on validation users of the new-item protocol (bench/new_item_share.py). Off (0): added
 items are ranked like trained ones, with 0 training interactions.
+
+`new_item_prefix_levels` L adds the generator's log p of an added item's first L codes to its
+logit in that softmax (a product of the two experts: p(item) proportional to p(first L codes | history)
+x exp(beta x cos)). An added item's deeper codes form prefixes no training target had (on Beauty
+and Toys about 70-75% of the added items' first two codes and nearly all their first three are new),
+so their probabilities say only "never seen"; its first code is one the generator learned as a
+target, and it says which region of the catalogue the history leads to, which the last item's
+content does not. 0 (the default): the cosine alone.
 """
 
 from __future__ import annotations
@@ -87,7 +95,7 @@ class ContentPriorRecommender:
                  column_scale: np.ndarray | None = None, train_counts: np.ndarray | None = None,
                  popularity_adjustment: float = 0.0, cold_weight: float = 0.0, new_item_share: float = 0.0,
                  new_item_sharpness: float = 20.0, n_trained: int | None = None, mixture: float = 0.0,
-                 mixture_sharpness: float = 10.0):
+                 mixture_sharpness: float = 10.0, new_item_prefix_levels: int = 0):
         """`content` (items, c): ItemFeatures.content_matrix rows, as the items bring them;
         `column_scale` (c,): a factor per column applied before the rows are scaled to unit length
         (the image weight; None: all 1); `train_counts` (items,): training interactions per item,
@@ -123,6 +131,10 @@ class ContentPriorRecommender:
         for name, value in (("new_item_sharpness", self.new_item_sharpness), ("mixture_sharpness", self.mixture_sharpness)):
             if value < 0:
                 raise ValueError(f"generator.content_prior.{name} must be >= 0, got {value}")
+        self.new_item_prefix_levels = int(new_item_prefix_levels)
+        if not 0 <= self.new_item_prefix_levels <= generator.model.levels:
+            raise ValueError(f"generator.content_prior.new_item_prefix_levels must be in [0, "
+                             f"{generator.model.levels}] (the ids' levels), got {new_item_prefix_levels}")
         self.n_trained = len(content) if n_trained is None else int(n_trained)
         if not 0 <= self.n_trained <= len(content):
             raise ValueError(f"{n_trained} trained items in a catalogue of {len(content)}")
@@ -160,6 +172,8 @@ class ContentPriorRecommender:
             prior["mixture"], prior["mixture_sharpness"] = self.mixture, self.mixture_sharpness
         if self.new_item_share:
             prior["new_item_share"], prior["new_item_sharpness"] = self.new_item_share, self.new_item_sharpness
+            if self.new_item_prefix_levels:
+                prior["new_item_prefix_levels"] = self.new_item_prefix_levels
         scales = set() if self.column_scale is None else {float(x) for x in self.column_scale} - {1.0}
         if len(scales) == 1:  # the only scaled block is the image's (content_column_scale)
             prior["image_weight"] = scales.pop()
@@ -179,9 +193,9 @@ class ContentPriorRecommender:
 
     # The settings that act at ranking time only: replace() changes them without recomputing anything else.
     RANKING = ("weight", "popularity_adjustment", "cold_weight", "mixture", "mixture_sharpness", "new_item_share",
-               "new_item_sharpness")
+               "new_item_sharpness", "new_item_prefix_levels")
 
-    def replace(self, **changes: float) -> ContentPriorRecommender:
+    def replace(self, **changes: float | int) -> ContentPriorRecommender:
         """The same generator, content and candidates under other ranking settings (RANKING)."""
         unknown = set(changes) - set(self.RANKING)
         if unknown:
@@ -190,7 +204,7 @@ class ContentPriorRecommender:
                                        column_scale=self.column_scale, train_counts=self.train_counts,
                                        n_trained=self.n_trained, **{**self._ranking(), **changes})
 
-    def _ranking(self) -> dict[str, float]:
+    def _ranking(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in self.RANKING}
 
     @torch.no_grad()
@@ -218,8 +232,8 @@ class ContentPriorRecommender:
         scores = prior_scores(pool, log_p, cosine, self.item_weight, self.penalty, self.mixture, self.mixture_sharpness)
         if not self.new_item_share or self.n_trained == self.n_items:
             return top_k(pool, scores, k)
-        return rank_with_new_items(pool, scores, k, self.new_item_cosines(histories, exclude), self.n_trained,
-                                   self.new_item_share, self.new_item_sharpness)
+        return rank_with_new_items(pool, scores, k, self.new_item_logits(histories, exclude), self.n_trained,
+                                   self.new_item_share)
 
     def new_item_cosines(self, histories, exclude) -> torch.Tensor:
         """(users, added items) cosine of each added item to the user's last item; -inf where
@@ -233,6 +247,23 @@ class ContentPriorRecommender:
             added = added[added >= self.n_trained] - self.n_trained
             cosine[row, torch.as_tensor(added, device=device)] = NEG_INF
         return cosine
+
+    def new_item_prefix_log_probs(self, histories, levels: int) -> torch.Tensor:
+        """(users, added items) the generator's log p of each added item's first `levels` codes."""
+        added = torch.arange(self.n_trained, self.n_items, device=self.device)
+        hidden = self.generator.last_states(histories)
+        return self.generator.model.pair_log_probs(hidden, added.expand(len(histories), -1), self.generator.tree,
+                                                   levels=levels)
+
+    def new_item_logits(self, histories, exclude, sharpness: float | None = None,
+                        prefix_levels: int | None = None) -> torch.Tensor:
+        """(users, added items) what the added items' part takes a softmax of (module docstring):
+        sharpness x cosine, plus the log p of the first prefix_levels codes (the prior's own settings
+        where not given); -inf where excluded."""
+        sharpness = self.new_item_sharpness if sharpness is None else sharpness
+        levels = self.new_item_prefix_levels if prefix_levels is None else prefix_levels
+        logits = sharpness * self.new_item_cosines(histories, exclude)
+        return logits + self.new_item_prefix_log_probs(histories, levels) if levels else logits
 
     def candidates_of(self, histories, beam_items: np.ndarray, exclude) -> tuple[torch.Tensor, ...]:
         """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
@@ -299,17 +330,16 @@ def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tenso
     return top_k(pool, prior_scores(pool, log_p, cosine, weight, penalty, mixture, sharpness), k)
 
 
-def rank_with_new_items(pool: torch.Tensor, scores: torch.Tensor, k: int, new_cosine: torch.Tensor, n_trained: int,
-                        share: float, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
+def rank_with_new_items(pool: torch.Tensor, scores: torch.Tensor, k: int, new_logits: torch.Tensor, n_trained: int,
+                        share: float) -> tuple[np.ndarray, np.ndarray]:
     """The top k of the new-item mixture (module docstring): the trained candidates of `pool` at
-    log(1 - share) + their `scores` (prior_scores), and the k added items nearest the last item
-    (`new_cosine`, (users, added items), -inf where excluded) at log share + log softmax(sharpness x
-    new_cosine)."""
+    log(1 - share) + their `scores` (prior_scores), and the k added items of highest `new_logits`
+    ((users, added items), -inf where excluded; ContentPriorRecommender.new_item_logits) at
+    log share + log softmax(new_logits)."""
     trained = scores.masked_fill(pool >= n_trained, NEG_INF)
-    logits = sharpness * new_cosine
-    top_cos, top_new = new_cosine.topk(min(k, new_cosine.shape[1]), dim=1)
-    new_score = math.log(share) + sharpness * top_cos - torch.logsumexp(logits, dim=1, keepdim=True)
-    new_score = new_score.masked_fill(top_cos == NEG_INF, NEG_INF)  # every added item excluded: nan otherwise
+    top_logit, top_new = new_logits.topk(min(k, new_logits.shape[1]), dim=1)
+    new_score = math.log(share) + top_logit - torch.logsumexp(new_logits, dim=1, keepdim=True)
+    new_score = new_score.masked_fill(top_logit == NEG_INF, NEG_INF)  # every added item excluded: nan otherwise
     items = torch.cat([pool, top_new + n_trained], dim=1)
     return top_k(items, torch.cat([trained + math.log1p(-share), new_score], dim=1), k)
 
@@ -338,7 +368,8 @@ def with_content_prior(generator, cfg, features, train_counts: np.ndarray | None
                                    content_column_scale(features, cfg.tokenizer.content_modalities, prior.image_weight),
                                    train_counts, prior.popularity_adjustment, prior.cold_weight,
                                    prior.new_item_share, prior.new_item_sharpness, mixture=prior.mixture,
-                                   mixture_sharpness=prior.mixture_sharpness)
+                                   mixture_sharpness=prior.mixture_sharpness,
+                                   new_item_prefix_levels=prior.new_item_prefix_levels)
 
 
 def content_column_scale(features, modalities, image_weight: float) -> np.ndarray | None:

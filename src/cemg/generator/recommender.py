@@ -67,7 +67,9 @@ def describe_generator(info: dict, reads_content: bool = False, prior: Mapping |
             + (f", popularity adjustment {adjustment:g}" if weight and adjustment else "")
             + (f", as a mixture (lambda {prior['mixture']:g}, beta {prior.get('mixture_sharpness', 10.0):g})"
                if prior.get("mixture") else "")
-            + (f", new-item share {prior['new_item_share']:g} (beta {prior.get('new_item_sharpness', 20.0):g})"
+            + (f", new-item share {prior['new_item_share']:g} (beta {prior.get('new_item_sharpness', 20.0):g}"
+               + (f", first {prior['new_item_prefix_levels']} code(s) weighed by the generator"
+                  if prior.get("new_item_prefix_levels") else "") + ")"
                if prior.get("new_item_share") else ""))
 
 
