@@ -71,9 +71,10 @@ def grid_lists(prior, histories: list[np.ndarray], grid: list[tuple[float, float
     for lo in range(0, len(histories), batch):
         h = histories[lo : lo + batch]
         beam, _ = prior.generator.recommend_with_scores(h, max(k, prior.candidates), h)
-        pool, log_p, cosine = prior.candidates_of(h, beam, h)
+        hidden = prior.generator.last_states(h)
+        pool, log_p, cosine = prior.candidates_of(h, beam, h, hidden)
         new_cosine = prior.new_item_cosines(h, h)
-        prefix = {level: prior.new_item_prefix_log_probs(h, level) for level in levels if level}
+        prefix = {level: prior.new_item_prefix_log_probs(hidden, level) for level in levels if level}
         scores = prior_scores(pool, log_p, cosine, prior.item_weight, prior.penalty, prior.mixture,
                               prior.mixture_sharpness)
         for share, sharpness, level in grid:

@@ -228,11 +228,12 @@ class ContentPriorRecommender:
         return self.recommend_with_scores(histories, k, exclude)[0]
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
-        pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude)
+        hidden = self.generator.last_states(histories)  # once: the candidates and the added items read it
+        pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude, hidden)
         scores = prior_scores(pool, log_p, cosine, self.item_weight, self.penalty, self.mixture, self.mixture_sharpness)
         if not self.new_item_share or self.n_trained == self.n_items:
             return top_k(pool, scores, k)
-        return rank_with_new_items(pool, scores, k, self.new_item_logits(histories, exclude), self.n_trained,
+        return rank_with_new_items(pool, scores, k, self.new_item_logits(histories, exclude, hidden), self.n_trained,
                                    self.new_item_share)
 
     def new_item_cosines(self, histories, exclude) -> torch.Tensor:
@@ -248,26 +249,26 @@ class ContentPriorRecommender:
             cosine[row, torch.as_tensor(added, device=device)] = NEG_INF
         return cosine
 
-    def new_item_prefix_log_probs(self, histories, levels: int) -> torch.Tensor:
-        """(users, added items) the generator's log p of each added item's first `levels` codes."""
+    def new_item_prefix_log_probs(self, hidden: torch.Tensor, levels: int) -> torch.Tensor:
+        """(users, added items) the generator's log p of each added item's first `levels` codes, from
+        the users' last states (generator.last_states)."""
         added = torch.arange(self.n_trained, self.n_items, device=self.device)
-        hidden = self.generator.last_states(histories)
-        return self.generator.model.pair_log_probs(hidden, added.expand(len(histories), -1), self.generator.tree,
+        return self.generator.model.pair_log_probs(hidden, added.expand(len(hidden), -1), self.generator.tree,
                                                    levels=levels)
 
-    def new_item_logits(self, histories, exclude, sharpness: float | None = None,
-                        prefix_levels: int | None = None) -> torch.Tensor:
+    def new_item_logits(self, histories, exclude, hidden: torch.Tensor) -> torch.Tensor:
         """(users, added items) what the added items' part takes a softmax of (module docstring):
-        sharpness x cosine, plus the log p of the first prefix_levels codes (the prior's own settings
-        where not given); -inf where excluded."""
-        sharpness = self.new_item_sharpness if sharpness is None else sharpness
-        levels = self.new_item_prefix_levels if prefix_levels is None else prefix_levels
-        logits = sharpness * self.new_item_cosines(histories, exclude)
-        return logits + self.new_item_prefix_log_probs(histories, levels) if levels else logits
+        new_item_sharpness x cosine, plus the log p of the first new_item_prefix_levels codes; -inf
+        where excluded. `hidden`: the users' last states."""
+        logits = self.new_item_sharpness * self.new_item_cosines(histories, exclude)
+        levels = self.new_item_prefix_levels
+        return logits + self.new_item_prefix_log_probs(hidden, levels) if levels else logits
 
-    def candidates_of(self, histories, beam_items: np.ndarray, exclude) -> tuple[torch.Tensor, ...]:
+    def candidates_of(self, histories, beam_items: np.ndarray, exclude,
+                      hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
-        and their cosine to the last item; what every weight combines (rank_candidates)."""
+        and their cosine to the last item; what every weight combines (rank_candidates). `hidden`:
+        the users' last states, where the caller has them already."""
         device, b = self.device, len(histories)
         last = torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], device=device)
         similarity = self.content[last.clamp(min=0)] @ self.content.T  # (b, items)
@@ -280,7 +281,7 @@ class ContentPriorRecommender:
         pool = torch.cat([torch.from_numpy(np.asarray(beam_items)).to(device), near], dim=1)
         pool, _ = pool.sort(dim=1)
         pool[:, 1:][pool[:, 1:] == pool[:, :-1]] = -1  # each candidate once
-        hidden = self.generator.last_states(histories)
+        hidden = self.generator.last_states(histories) if hidden is None else hidden
         log_p = self.generator.model.pair_log_probs(hidden, pool.clamp(min=0), self.generator.tree)
         return pool, log_p.masked_fill(pool < 0, NEG_INF), similarity.gather(1, pool.clamp(min=0))
 
