@@ -136,8 +136,8 @@ def main() -> None:
     # are the same for every seed, as in bench/new_items.py).
     reference = None
     if not args.no_bar:
-        index = {json.loads(line)["item_id"] for line in (work / "new_items.jsonl").read_text(encoding="utf-8").splitlines()}
-        new_target_users = [u for u in valid_users if u["target"] in index]
+        new_keys = {json.loads(line)["item_id"] for line in (work / "new_items.jsonl").read_text(encoding="utf-8").splitlines()}
+        new_target_users = [u for u in valid_users if u["target"] in new_keys]
         reference = evaluate_content(run, seeds[0], new_target_users, work / "new_items.jsonl")
         reference["users"] = len(new_target_users)
         result["reference_valid_new_targets"] = reference
