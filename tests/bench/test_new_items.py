@@ -98,3 +98,10 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     assert share_bench.choose(mean, 0.2) == share_bench.choose(mean, None) == "a"  # none above it: overall
     shared = bench.evaluate_semantic(run, seed, users, {"new_item_share": 0.3, "new_item_sharpness": 5.0})
     assert shared["metrics"]["HR@10"] >= semantic["metrics"]["HR@10"]  # the new targets gain from it
+
+
+def test_known_prefix_shares_count_the_added_items_whose_prefix_a_trained_item_has():
+    prefixes = load_bench("new_item_prefixes")
+    codes = np.array([[0, 0, 1], [0, 1, 0], [1, 2, 2],   # trained
+                      [0, 1, 3], [2, 0, 0], [1, 2, 0], [0, 0, 1]])  # added (the last shares all three codes)
+    assert prefixes.known_prefix_shares(codes, 3) == [0.75, 0.75, 0.25]
