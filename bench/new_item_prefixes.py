@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from baselines_beauty import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 from cemg.artifacts import atomic_write_text  # noqa: E402
-from cemg.config import load_config  # noqa: E402
+from new_item_share import add_run_arguments, added_run  # noqa: E402
 
 
 def known_prefix_shares(codes: np.ndarray, n_trained: int) -> list[float]:
@@ -40,17 +40,12 @@ def known_prefix_shares(codes: np.ndarray, n_trained: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/beauty.yaml"))
-    parser.add_argument("--seeds", default="42,43,44")
-    parser.add_argument("--work", type=Path, default=None, help="bench/new_items.py's folder (default runs/new-items-<dataset>)")
-    parser.add_argument("--tag", default="", help="bench/new_items.py's --tag of the semantic run")
+    add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     from cemg.api import Recommender
 
-    name = load_config(args.config).data.name
-    work = args.work or ROOT / "runs" / f"new-items-{name}"
-    run = work / f"run-semantic{'-' + args.tag if args.tag else ''}-content"
+    name, _, run = added_run(args)
     result = {"command": "python " + " ".join(["bench/new_item_prefixes.py", *sys.argv[1:]]), "machine": machine(),
               "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "per_seed": {}}
     for seed in (int(s) for s in args.seeds.split(",")):

@@ -95,16 +95,28 @@ def choose(mean: dict, reference_new_hr: float | None) -> str:
     return max(qualified or list(mean), key=lambda key: mean[key]["valid"]["NDCG@10"])
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --seeds, --work, --tag: which run of bench/new_items.py, with the items added, to read."""
+    parser.add_argument("--config", type=Path, default=Path("configs/beauty.yaml"))
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--work", type=Path, default=None, help="bench/new_items.py's folder (default runs/new-items-<dataset>)")
+    parser.add_argument("--tag", default="", help="bench/new_items.py's --tag of the semantic run")
+
+
+def added_run(args: argparse.Namespace) -> tuple[str, Path, Path]:
+    """(dataset name, bench/new_items.py's folder, its semantic run with the items added)."""
+    name = load_config(args.config).data.name
+    work = args.work or ROOT / "runs" / f"new-items-{name}"
+    return name, work, work / f"run-semantic{'-' + args.tag if args.tag else ''}-content"
+
+
 def metrics(ranks: np.ndarray) -> dict:
     return {**summarize(ranks, KS), "users": int(len(ranks))} if len(ranks) else {"users": 0}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/beauty.yaml"))
-    parser.add_argument("--seeds", default="42,43,44")
-    parser.add_argument("--work", type=Path, default=None, help="bench/new_items.py's folder (default runs/new-items-<dataset>)")
-    parser.add_argument("--tag", default="", help="bench/new_items.py's --tag of the semantic run")
+    add_run_arguments(parser)
     parser.add_argument("--shares", default="0,0.02,0.05,0.1")
     parser.add_argument("--sharpness", default="10,20,40,80")
     parser.add_argument("--prefix-levels", default="0,1", help="new_item_prefix_levels values")
@@ -116,9 +128,7 @@ def main() -> None:
     from cemg.api import Recommender
     from cemg.generator.content_prior import ContentPriorRecommender
 
-    name = load_config(args.config).data.name
-    work = args.work or ROOT / "runs" / f"new-items-{name}"
-    run = work / f"run-semantic{'-' + args.tag if args.tag else ''}-content"
+    name, work, run = added_run(args)
     seeds = [int(s) for s in args.seeds.split(",")]
     shares = [float(x) for x in args.shares.split(",")]
     sharpness = [float(x) for x in args.sharpness.split(",")]

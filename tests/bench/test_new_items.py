@@ -100,7 +100,8 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     assert shared["metrics"]["HR@10"] >= semantic["metrics"]["HR@10"]  # the new targets gain from it
 
 
-def test_known_prefix_shares_count_the_added_items_whose_prefix_a_trained_item_has():
+def test_known_prefix_shares_count_the_added_items_whose_prefix_a_trained_item_has(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # it imports its neighbour new_item_share
     prefixes = load_bench("new_item_prefixes")
     codes = np.array([[0, 0, 1], [0, 1, 0], [1, 2, 2],   # trained
                       [0, 1, 3], [2, 0, 0], [1, 2, 0], [0, 0, 1]])  # added (the last shares all three codes)
