@@ -224,6 +224,8 @@ def ranking_settings(config: Path) -> tuple[dict[str, float] | None, str]:
                     if getattr(prior, a))
     if prior.new_item_share and prior.new_item_prefix_levels:
         label += f" x p(first {prior.new_item_prefix_levels} code(s))"
+    if prior.new_item_share and prior.new_item_gate:
+        label += f", gate {prior.new_item_gate:g}/{prior.new_item_gate_sharpness:g}"
     return {name: getattr(prior, name) for name in ContentPriorRecommender.RANKING}, label
 
 

@@ -249,6 +249,11 @@ class ContentPriorConfig(_Section):
     # In that softmax, also the generator's log p of the added item's first this many codes (the
     # region of the catalogue the history leads to; content_prior.py). 0: the cosine alone.
     new_item_prefix_levels: int = Field(default=0, ge=0)
+    # Each user's own share: logit(new_item_share) + new_item_gate x log(how much more of a softmax of
+    # new_item_gate_sharpness x cosine to the last item the added items hold than of the catalogue)
+    # (content_prior.py). 0: the same share for every user.
+    new_item_gate: float = Field(default=0.0, ge=0.0)
+    new_item_gate_sharpness: float = Field(default=20.0, ge=0.0)
 
 
 class GeneratorConfig(_Section):

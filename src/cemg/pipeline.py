@@ -250,7 +250,8 @@ def run_pipeline(
     added_later = {"image_weight": 1.0, "popularity_adjustment": 0.0, "cold_weight": 0.0, "mixture": 0.0,
                    "mixture_sharpness": 10.0}
     # The new-item mixture acts on items added after training only, never on an evaluation.
-    added_only = {"new_item_share", "new_item_sharpness", "new_item_prefix_levels"}
+    added_only = {"new_item_share", "new_item_sharpness", "new_item_prefix_levels", "new_item_gate",
+                  "new_item_gate_sharpness"}
     # The mixture's sharpness does nothing without the mixture.
     idle = set() if prior.mixture else {"mixture_sharpness"}
     prior_section = prior.model_dump(mode="json", exclude={k for k, v in added_later.items() if getattr(prior, k) == v}

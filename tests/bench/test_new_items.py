@@ -82,7 +82,7 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     assert len(valid) == split["valid_users"] and any(u["target"] in new_keys for u in valid)
     histories, targets = share_bench.indexed(valid, index)
     assert len(targets) and (targets >= prior.n_trained).any()
-    grid = [(0.0, 20.0, 0), (0.3, 5.0, 0), (0.3, 5.0, 1)]
+    grid = [(0.0, 20.0, 0), (0.3, 5.0, 0), (0.3, 5.0, 1), (0.3, 5.0, 1, 2.0, 10.0)]
     lists = share_bench.grid_lists(prior, histories, grid, 10)
     np.testing.assert_array_equal(lists[(0.0, 20.0, 0)], prior.recommend(histories, 10, histories))
     mixed = prior.replace(new_item_share=0.3, new_item_sharpness=5.0).recommend(histories, 10, histories)
@@ -90,12 +90,20 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     assert (mixed >= prior.n_trained).any()  # a share of 0.3 puts added items in the lists
     weighed = prior.replace(new_item_share=0.3, new_item_sharpness=5.0, new_item_prefix_levels=1)
     np.testing.assert_array_equal(lists[(0.3, 5.0, 1)], weighed.recommend(histories, 10, histories))
+    gated = weighed.replace(new_item_gate=2.0, new_item_gate_sharpness=10.0)
+    np.testing.assert_array_equal(lists[(0.3, 5.0, 1, 2.0, 10.0)], gated.recommend(histories, 10, histories))
+    assert not np.array_equal(lists[(0.3, 5.0, 1, 2.0, 10.0)], lists[(0.3, 5.0, 1)])  # the gate moves lists
     # the rule: the best valid NDCG@10 among settings above the reference's new-target HR@10
     mean = {"a": {"valid": {"NDCG@10": 0.07}, "valid_new_targets": {"HR@10": 0.04}},
             "b": {"valid": {"NDCG@10": 0.06}, "valid_new_targets": {"HR@10": 0.09}},
             "c": {"valid": {"NDCG@10": 0.05}, "valid_new_targets": {"HR@10": 0.10}}}
     assert share_bench.choose(mean, 0.05) == "b"
     assert share_bench.choose(mean, 0.2) == share_bench.choose(mean, None) == "a"  # none above it: overall
+    # on every seed: b's mean is above the bar but one seed is below it
+    mean["b"]["valid_new_targets"]["HR@10 lowest seed"] = 0.04
+    mean["c"]["valid_new_targets"]["HR@10 lowest seed"] = 0.08
+    mean["a"]["valid_new_targets"]["HR@10 lowest seed"] = 0.03
+    assert share_bench.choose(mean, 0.05, "every-seed") == "c"
     shared = bench.evaluate_semantic(run, seed, users, {"new_item_share": 0.3, "new_item_sharpness": 5.0})
     assert shared["metrics"]["HR@10"] >= semantic["metrics"]["HR@10"]  # the new targets gain from it
 

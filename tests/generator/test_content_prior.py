@@ -277,6 +277,36 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
         np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="new_item_prefix_levels must be in"):
         mixed.replace(new_item_prefix_levels=4)
+    # gated: each user's share is logit(share) + gate x (log of the added items' part of a softmax of
+    # g x cos over the items the user may be shown - log of their part of those items)
+    gate, g = 1.5, 6.0
+    gated = mixed.replace(new_item_gate=gate, new_item_gate_sharpness=g)
+    assert gated.info["content_prior"]["new_item_gate"] == gate
+    items, scores = gated.recommend_with_scores(histories, 12, exclude)
+    for row, history in enumerate(histories):
+        shown = np.ones(n_all, bool)
+        shown[history] = False
+        weights = np.exp(g * (unit @ unit[history[-1]])) * shown
+        log_ratio = np.log(weights[n:].sum() / weights.sum()) - np.log(shown[n:].sum() / shown.sum())
+        user_share = 1 / (1 + np.exp(-(np.log(share / (1 - share)) + gate * log_ratio)))
+        want = np.full(n_all, -np.inf)
+        trained = base_items[row] < n
+        want[base_items[row][trained]] = np.log(1 - user_share) + base_scores[row][trained]
+        cos = unit[n:] @ unit[history[-1]]
+        cos[[i - n for i in history if i >= n]] = -np.inf
+        want[n:] = np.log(user_share) + sharpness * cos - np.log(np.exp(sharpness * cos).sum())
+        order = np.argsort(-want, kind="stable")[:12]
+        assert items[row].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+    # at gate sharpness 0 the neighbourhood is the catalogue: the shared share, the ungated ranking
+    flat = mixed.replace(new_item_gate=gate, new_item_gate_sharpness=0.0)
+    np.testing.assert_array_equal(flat.recommend(histories, 12, exclude), mixed.recommend(histories, 12, exclude))
+    # every added item excluded: none ranked, no nan
+    all_added = [np.arange(n, n_all)]
+    none_left, none_scores = gated.recommend_with_scores(histories[:1], 12, all_added)
+    assert (none_left[0] < n).all() and not np.isnan(none_scores).any()
+    with pytest.raises(ValueError, match="new_item_gate must be >= 0"):
+        mixed.replace(new_item_gate=-1.0)
     # a trained catalogue is ranked as without it
     alone = ContentPriorRecommender(generator, content, 3.0, n, new_item_share=share)
     np.testing.assert_array_equal(alone.recommend(histories[:3], 8, exclude[:3]),

@@ -66,6 +66,17 @@ and Toys, two thirds to three quarters of the added items' first two codes and n
 first three: bench/new_item_prefixes.py), so their probabilities say only "never seen"; its first
 code is one the generator learned as a target, and it says which region of the catalogue the
 history leads to, which the last item's content does not. 0 (the default): the cosine alone.
+
+`new_item_gate` a (with `new_item_gate_sharpness` g) makes the share pi a user's own. The added items
+are a share of the catalogue; a softmax of g x cos to the last item over every item the user may be
+shown gives them a share of the last item's content neighbourhood. Where the added items hold more
+of the neighbourhood than of the catalogue, the next item is more likely one of them (the prior
+odds times a likelihood ratio, raised to a):
+
+    logit(pi_user) = logit(pi) + a x [log (their share of the neighbourhood) - log (their share of the catalogue)]
+
+so a user whose last item has near added items gives them more of the list, one whose neighbours
+are all trained items less. 0 (the default): the same pi for every user.
 """
 
 from __future__ import annotations
@@ -95,7 +106,8 @@ class ContentPriorRecommender:
                  column_scale: np.ndarray | None = None, train_counts: np.ndarray | None = None,
                  popularity_adjustment: float = 0.0, cold_weight: float = 0.0, new_item_share: float = 0.0,
                  new_item_sharpness: float = 20.0, n_trained: int | None = None, mixture: float = 0.0,
-                 mixture_sharpness: float = 10.0, new_item_prefix_levels: int = 0):
+                 mixture_sharpness: float = 10.0, new_item_prefix_levels: int = 0, new_item_gate: float = 0.0,
+                 new_item_gate_sharpness: float = 20.0):
         """`content` (items, c): ItemFeatures.content_matrix rows, as the items bring them;
         `column_scale` (c,): a factor per column applied before the rows are scaled to unit length
         (the image weight; None: all 1); `train_counts` (items,): training interactions per item,
@@ -128,7 +140,10 @@ class ContentPriorRecommender:
         for name, value in (("new_item_share", self.new_item_share), ("mixture", self.mixture)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"generator.content_prior.{name} must be in [0, 1), got {value}")
-        for name, value in (("new_item_sharpness", self.new_item_sharpness), ("mixture_sharpness", self.mixture_sharpness)):
+        self.new_item_gate, self.new_item_gate_sharpness = float(new_item_gate), float(new_item_gate_sharpness)
+        for name, value in (("new_item_sharpness", self.new_item_sharpness), ("mixture_sharpness", self.mixture_sharpness),
+                            ("new_item_gate", self.new_item_gate),
+                            ("new_item_gate_sharpness", self.new_item_gate_sharpness)):
             if value < 0:
                 raise ValueError(f"generator.content_prior.{name} must be >= 0, got {value}")
         self.new_item_prefix_levels = int(new_item_prefix_levels)
@@ -174,6 +189,9 @@ class ContentPriorRecommender:
             prior["new_item_share"], prior["new_item_sharpness"] = self.new_item_share, self.new_item_sharpness
             if self.new_item_prefix_levels:
                 prior["new_item_prefix_levels"] = self.new_item_prefix_levels
+            if self.new_item_gate:
+                prior["new_item_gate"], prior["new_item_gate_sharpness"] = (self.new_item_gate,
+                                                                            self.new_item_gate_sharpness)
         scales = set() if self.column_scale is None else {float(x) for x in self.column_scale} - {1.0}
         if len(scales) == 1:  # the only scaled block is the image's (content_column_scale)
             prior["image_weight"] = scales.pop()
@@ -193,7 +211,7 @@ class ContentPriorRecommender:
 
     # The settings that act at ranking time only: replace() changes them without recomputing anything else.
     RANKING = ("weight", "popularity_adjustment", "cold_weight", "mixture", "mixture_sharpness", "new_item_share",
-               "new_item_sharpness", "new_item_prefix_levels")
+               "new_item_sharpness", "new_item_prefix_levels", "new_item_gate", "new_item_gate_sharpness")
 
     def replace(self, **changes: float | int) -> ContentPriorRecommender:
         """The same generator, content and candidates under other ranking settings (RANKING)."""
@@ -234,7 +252,7 @@ class ContentPriorRecommender:
         if not self.new_item_share or self.n_trained == self.n_items:
             return top_k(pool, scores, k)
         return rank_with_new_items(pool, scores, k, self.new_item_logits(histories, exclude, hidden), self.n_trained,
-                                   self.new_item_share)
+                                   self.new_item_shares(histories, exclude))
 
     def new_item_cosines(self, histories, exclude) -> torch.Tensor:
         """(users, added items) cosine of each added item to the user's last item; -inf where
@@ -248,6 +266,29 @@ class ContentPriorRecommender:
             added = added[added >= self.n_trained] - self.n_trained
             cosine[row, torch.as_tensor(added, device=device)] = NEG_INF
         return cosine
+
+    def new_item_shares(self, histories, exclude) -> float | torch.Tensor:
+        """new_item_share, or with new_item_gate each user's own (users,) (module docstring)."""
+        if not self.new_item_gate:
+            return self.new_item_share
+        return gated_shares(self.new_item_share, self.new_item_gate, self.neighbourhood_log_ratio(histories, exclude))
+
+    def neighbourhood_log_ratio(self, histories, exclude) -> torch.Tensor:
+        """(users,) log of the added items' share of a softmax of new_item_gate_sharpness x cosine to
+        the last item, over the items the user may be shown, minus log of their share of those items
+        (0 for a user without history); -inf where every added item is excluded."""
+        device = self.device
+        last = torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], device=device)
+        logits = self.new_item_gate_sharpness * (self.content[last.clamp(min=0)] @ self.content.T)
+        logits[last < 0] = 0.0
+        shown = torch.ones_like(logits, dtype=torch.bool)
+        for row, excluded in enumerate(exclude if exclude is not None else []):
+            shown[row, torch.as_tensor(np.asarray(excluded, np.int64), device=device)] = False
+        logits = logits.masked_fill(~shown, NEG_INF)
+        added = slice(self.n_trained, None)
+        neighbourhood = torch.logsumexp(logits[:, added], dim=1) - torch.logsumexp(logits, dim=1)
+        catalogue = shown[:, added].sum(dim=1).log() - shown.sum(dim=1).log()
+        return (neighbourhood - catalogue).masked_fill(catalogue == NEG_INF, NEG_INF)
 
     def new_item_prefix_log_probs(self, hidden: torch.Tensor, levels: int) -> torch.Tensor:
         """(users, added items) the generator's log p of each added item's first `levels` codes, from
@@ -331,18 +372,28 @@ def rank_candidates(pool: torch.Tensor, log_p: torch.Tensor, cosine: torch.Tenso
     return top_k(pool, prior_scores(pool, log_p, cosine, weight, penalty, mixture, sharpness), k)
 
 
+def gated_shares(share: float, gate: float, log_ratio: torch.Tensor) -> torch.Tensor:
+    """(users,) each user's share of the added items: logit(share) + gate x log_ratio
+    (ContentPriorRecommender.neighbourhood_log_ratio), back through the logistic."""
+    return torch.sigmoid(math.log(share) - math.log1p(-share) + gate * log_ratio)
+
+
 def rank_with_new_items(pool: torch.Tensor, scores: torch.Tensor, k: int, new_logits: torch.Tensor, n_trained: int,
-                        share: float) -> tuple[np.ndarray, np.ndarray]:
+                        share: float | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The top k of the new-item mixture (module docstring): the trained candidates of `pool` at
     log(1 - share) + their `scores` (prior_scores), and the k added items of highest `new_logits`
     ((users, added items), -inf where excluded; ContentPriorRecommender.new_item_logits) at
-    log share + log softmax(new_logits)."""
+    log share + log softmax(new_logits). `share`: one for every user, or one per user (users,)."""
+    if isinstance(share, torch.Tensor):
+        log_share, log_rest = share.log()[:, None], torch.log1p(-share)[:, None]
+    else:
+        log_share, log_rest = math.log(share), math.log1p(-share)
     trained = scores.masked_fill(pool >= n_trained, NEG_INF)
     top_logit, top_new = new_logits.topk(min(k, new_logits.shape[1]), dim=1)
-    new_score = math.log(share) + top_logit - torch.logsumexp(new_logits, dim=1, keepdim=True)
+    new_score = log_share + top_logit - torch.logsumexp(new_logits, dim=1, keepdim=True)
     new_score = new_score.masked_fill(top_logit == NEG_INF, NEG_INF)  # every added item excluded: nan otherwise
     items = torch.cat([pool, top_new + n_trained], dim=1)
-    return top_k(items, torch.cat([trained + math.log1p(-share), new_score], dim=1), k)
+    return top_k(items, torch.cat([trained + log_rest, new_score], dim=1), k)
 
 
 def top_k(pool: torch.Tensor, score: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +421,9 @@ def with_content_prior(generator, cfg, features, train_counts: np.ndarray | None
                                    train_counts, prior.popularity_adjustment, prior.cold_weight,
                                    prior.new_item_share, prior.new_item_sharpness, mixture=prior.mixture,
                                    mixture_sharpness=prior.mixture_sharpness,
-                                   new_item_prefix_levels=prior.new_item_prefix_levels)
+                                   new_item_prefix_levels=prior.new_item_prefix_levels,
+                                   new_item_gate=prior.new_item_gate,
+                                   new_item_gate_sharpness=prior.new_item_gate_sharpness)
 
 
 def content_column_scale(features, modalities, image_weight: float) -> np.ndarray | None:

@@ -69,7 +69,9 @@ def describe_generator(info: dict, reads_content: bool = False, prior: Mapping |
                if prior.get("mixture") else "")
             + (f", new-item share {prior['new_item_share']:g} (beta {prior.get('new_item_sharpness', 20.0):g}"
                + (f", first {prior['new_item_prefix_levels']} code(s) weighed by the generator"
-                  if prior.get("new_item_prefix_levels") else "") + ")"
+                  if prior.get("new_item_prefix_levels") else "")
+               + (f", gated per user by the last item's neighbourhood ({prior['new_item_gate']:g}, beta "
+                  f"{prior.get('new_item_gate_sharpness', 20.0):g})" if prior.get("new_item_gate") else "") + ")"
                if prior.get("new_item_share") else ""))
 
 
