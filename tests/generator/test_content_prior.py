@@ -129,6 +129,9 @@ def test_the_image_weight_scales_the_image_block_of_the_cosine_also_for_added_it
     assert describe_generator(causal, False, {"weight": 8, "new_item_share": 0.05, "new_item_sharpness": 20,
                                               "new_item_prefix_levels": 1}).endswith(
         "new-item share 0.05 (beta 20, first 1 code(s) weighed by the generator)")
+    assert describe_generator(causal, False, {"weight": 8, "new_item_share": 0.15, "new_item_sharpness": 10,
+                                              "new_item_gate": 1, "new_item_gate_sharpness": 20}).endswith(
+        "new-item share 0.15 (beta 10, gated per user by the last item's neighbourhood (1, beta 20))")
 
 
 def test_the_popularity_adjustment_subtracts_tau_log_count_and_added_items_count_zero(generator):
