@@ -244,16 +244,25 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
     base_items = plain.recommend(histories, n_all, exclude)
     unit = np.concatenate([content, added])
     unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
-    for row, history in enumerate(histories):
-        want = np.full(n_all, -np.inf)
-        trained = base_items[row] < n  # the plain prior's score of every trained item, from its own ranking
-        want[base_items[row][trained]] = np.log(1 - share) + base_scores[row][trained]
+
+    def added_cos(history):  # each added item's cosine to the last item, -inf where excluded
         cos = unit[n:] @ unit[history[-1]]
         cos[[i - n for i in history if i >= n]] = -np.inf
-        want[n:] = np.log(share) + sharpness * cos - np.log(np.exp(sharpness * cos).sum())
+        return cos
+
+    def assert_mixture(items, scores, row, user_share, logit):
+        """the plain prior's score of every trained item (from its own ranking) at log(1 - share), the
+        added items' log softmax of `logit` at log share"""
+        want = np.full(n_all, -np.inf)
+        trained = base_items[row] < n
+        want[base_items[row][trained]] = np.log(1 - user_share) + base_scores[row][trained]
+        want[n:] = np.log(user_share) + logit - np.log(np.exp(logit).sum())
         order = np.argsort(-want, kind="stable")[:12]
         assert items[row].tolist() == order.tolist()
         np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+
+    for row, history in enumerate(histories):
+        assert_mixture(items, scores, row, share, sharpness * added_cos(history))
         assert not set(items[row].tolist()) & set(history.tolist())
     # the added items' part holds `share` of the mass whatever the user: exp of their scores sums to it
     # (all of them are in a list as long as the catalogue)
@@ -268,16 +277,7 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
     first_logits = extended.model.level_logits(0, extended.last_states(histories), root).masked_fill(root < 0, -np.inf)
     first_log_p = first_logits.log_softmax(-1).detach().numpy()
     for row, history in enumerate(histories):
-        want = np.full(n_all, -np.inf)
-        trained = base_items[row] < n
-        want[base_items[row][trained]] = np.log(1 - share) + base_scores[row][trained]
-        cos = unit[n:] @ unit[history[-1]]
-        cos[[i - n for i in history if i >= n]] = -np.inf
-        logit = sharpness * cos + first_log_p[row][ids.codes[n:, 0]]
-        want[n:] = np.log(share) + logit - np.log(np.exp(logit).sum())
-        order = np.argsort(-want, kind="stable")[:12]
-        assert items[row].tolist() == order.tolist()
-        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+        assert_mixture(items, scores, row, share, sharpness * added_cos(history) + first_log_p[row][ids.codes[n:, 0]])
     with pytest.raises(ValueError, match="new_item_prefix_levels must be in"):
         mixed.replace(new_item_prefix_levels=4)
     # gated: each user's share is logit(share) + gate x (log of the added items' part of a softmax of
@@ -292,15 +292,7 @@ def test_the_new_item_share_ranks_added_items_as_a_mixture_part_by_softmax_of_th
         weights = np.exp(g * (unit @ unit[history[-1]])) * shown
         log_ratio = np.log(weights[n:].sum() / weights.sum()) - np.log(shown[n:].sum() / shown.sum())
         user_share = 1 / (1 + np.exp(-(np.log(share / (1 - share)) + gate * log_ratio)))
-        want = np.full(n_all, -np.inf)
-        trained = base_items[row] < n
-        want[base_items[row][trained]] = np.log(1 - user_share) + base_scores[row][trained]
-        cos = unit[n:] @ unit[history[-1]]
-        cos[[i - n for i in history if i >= n]] = -np.inf
-        want[n:] = np.log(user_share) + sharpness * cos - np.log(np.exp(sharpness * cos).sum())
-        order = np.argsort(-want, kind="stable")[:12]
-        assert items[row].tolist() == order.tolist()
-        np.testing.assert_allclose(scores[row], want[order], rtol=1e-4, atol=1e-4)
+        assert_mixture(items, scores, row, user_share, sharpness * added_cos(history))
     # at gate sharpness 0 the neighbourhood is the catalogue: the shared share, the ungated ranking
     flat = mixed.replace(new_item_gate=gate, new_item_gate_sharpness=0.0)
     np.testing.assert_array_equal(flat.recommend(histories, 12, exclude), mixed.recommend(histories, 12, exclude))
