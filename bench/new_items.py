@@ -292,9 +292,15 @@ def content_vectors(features: list) -> np.ndarray:
 
 
 def evaluate_content(run: Path, seed: int, users: list[dict], new_items: Path) -> dict:
-    """Rank every item (trained and new) by cosine similarity of its content vector (content_vectors)
-    to the user's last history item; history items masked. A user with no history item left in the
-    catalogue gets an empty list (a miss)."""
+    """The content-only reference's metrics over `users` (content_lists)."""
+    lists, n_items = content_lists(run, seed, users, new_items)
+    return {"metrics": scores_of(lists, [u["target"] for u in users]), "catalogue_items": n_items}
+
+
+def content_lists(run: Path, seed: int, users: list[dict], new_items: Path) -> tuple[list[list[str]], int]:
+    """Each user's top keys when every item (trained and new) is ranked by cosine similarity of its
+    content vector (content_vectors) to the user's last history item, history items masked (a user with
+    no history item left in the catalogue gets an empty list: a miss); and the catalogue's size."""
     from cemg.added_items import encode_new_items
     from cemg.features.artifact import ItemFeatures
 
@@ -312,7 +318,7 @@ def evaluate_content(run: Path, seed: int, users: list[dict], new_items: Path) -
         similarity = vectors @ vectors[history[-1]]
         similarity[history] = -np.inf
         lists.append([keys[j] for j in np.argsort(-similarity, kind="stable")[: max(KS)]])
-    return {"metrics": scores_of(lists, [u["target"] for u in users]), "catalogue_items": len(keys)}
+    return lists, len(keys)
 
 
 # --- 4. the table ------------------------------------------------------------------------------

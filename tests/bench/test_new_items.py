@@ -104,6 +104,17 @@ def test_new_items_leave_training_and_come_back_by_items_add(bench, tiny_run, tm
     mean["c"]["valid_new_targets"]["HR@10 lowest seed"] = 0.08
     mean["a"]["valid_new_targets"]["HR@10 lowest seed"] = 0.03
     assert share_bench.choose(mean, 0.05, "every-seed") == "c"
+    # paired: the lower bound of each user's hit minus the reference's on the same user
+    for key, bound in (("a", 0.01), ("b", 0.002), ("c", -0.001)):
+        mean[key]["valid_new_targets"]["HR@10 paired lower bound, lowest seed"] = bound
+    assert share_bench.choose(mean, 0.05, "paired") == "a"
+    hits, reference_hits = np.array([1, 1, 0, 1, 0, 0, 1, 0]), np.array([0, 1, 0, 0, 0, 0, 1, 0])
+    difference = hits - reference_hits
+    assert share_bench.paired_lower_bound(hits, reference_hits) == pytest.approx(
+        difference.mean() - 1.645 * difference.std(ddof=1) / np.sqrt(8))
+    assert share_bench.paired_lower_bound(np.ones(40), np.zeros(40)) == 1.0  # every user gained: no spread
+    kept = share_bench.ranked_users(valid, index)
+    assert kept.sum() == len(targets) and share_bench.indexed([u for u, k in zip(valid, kept) if k], index)[1].tolist() == targets.tolist()
     shared = bench.evaluate_semantic(run, seed, users, {"new_item_share": 0.3, "new_item_sharpness": 5.0})
     assert shared["metrics"]["HR@10"] >= semantic["metrics"]["HR@10"]  # the new targets gain from it
 
