@@ -54,7 +54,7 @@ def indexed(users: list[dict], index: dict[str, int]) -> tuple[list[np.ndarray],
     """Histories and targets as catalogue indices; history items outside the catalogue (dropped by
     the derived data's 5-core filter) are left out, and so are users left with no history or whose
     target is outside it (ranked_users)."""
-    kept = [u for u in users if ranked_users([u], index)[0]]
+    kept = [u for u, ranked in zip(users, ranked_users(users, index)) if ranked]
     histories = [np.asarray([index[k] for k in u["history"] if k in index], dtype=np.int64) for u in kept]
     return histories, np.asarray([index[u["target"]] for u in kept], dtype=np.int64)
 
@@ -86,11 +86,11 @@ def grid_lists(prior, histories: list[np.ndarray], grid: list[tuple], k: int) ->
         h = histories[lo : lo + batch]
         beam, _ = prior.generator.recommend_with_scores(h, max(k, prior.candidates), h)
         hidden = prior.generator.last_states(h)
-        pool, log_p, cosine = prior.candidates_of(h, beam, h, hidden)
+        near = prior.last_item_similarity(h, h)
+        pool, log_p, cosine = prior.candidates_of(h, beam, h, hidden, near)
         new_cosine = prior.new_item_cosines(h, h)
         prefix = {level: prior.new_item_prefix_log_probs(hidden, level) for level in levels if level}
-        log_ratio = {g[4]: prior.replace(new_item_gate_sharpness=g[4]).neighbourhood_log_ratio(h, h)
-                     for g in grid if len(g) > 3 and g[0] and g[3]}
+        log_ratio = {g[4]: prior.neighbourhood_log_ratio(near, g[4]) for g in grid if len(g) > 3 and g[0] and g[3]}
         scores = prior_scores(pool, log_p, cosine, prior.item_weight, prior.penalty, prior.mixture,
                               prior.mixture_sharpness)
         for point in grid:

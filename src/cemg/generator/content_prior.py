@@ -247,12 +247,13 @@ class ContentPriorRecommender:
 
     def _rerank(self, histories, beam_items: np.ndarray, exclude, k: int) -> tuple[np.ndarray, np.ndarray]:
         hidden = self.generator.last_states(histories)  # once: the candidates and the added items read it
-        pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude, hidden)
+        near = self.last_item_similarity(histories, exclude)  # once: the candidates and the gate read it
+        pool, log_p, cosine = self.candidates_of(histories, beam_items, exclude, hidden, near)
         scores = prior_scores(pool, log_p, cosine, self.item_weight, self.penalty, self.mixture, self.mixture_sharpness)
         if not self.new_item_share or self.n_trained == self.n_items:
             return top_k(pool, scores, k)
         return rank_with_new_items(pool, scores, k, self.new_item_logits(histories, exclude, hidden), self.n_trained,
-                                   self.new_item_shares(histories, exclude))
+                                   self.new_item_shares(histories, exclude, near))
 
     def new_item_cosines(self, histories, exclude) -> torch.Tensor:
         """(users, added items) cosine of each added item to the user's last item; -inf where
@@ -267,24 +268,25 @@ class ContentPriorRecommender:
             cosine[row, torch.as_tensor(added, device=device)] = NEG_INF
         return cosine
 
-    def new_item_shares(self, histories, exclude) -> float | torch.Tensor:
-        """new_item_share, or with new_item_gate each user's own (users,) (module docstring)."""
+    def new_item_shares(self, histories, exclude, near: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> float | torch.Tensor:
+        """new_item_share, or with new_item_gate each user's own (users,) (module docstring). `near`:
+        last_item_similarity(histories, exclude), where the caller has it already."""
         if not self.new_item_gate:
             return self.new_item_share
-        return gated_shares(self.new_item_share, self.new_item_gate, self.neighbourhood_log_ratio(histories, exclude))
+        return gated_shares(self.new_item_share, self.new_item_gate,
+                            self.neighbourhood_log_ratio(near or self.last_item_similarity(histories, exclude)))
 
-    def neighbourhood_log_ratio(self, histories, exclude) -> torch.Tensor:
-        """(users,) log of the added items' share of a softmax of new_item_gate_sharpness x cosine to
-        the last item, over the items the user may be shown, minus log of their share of those items
-        (0 for a user without history); -inf where every added item is excluded."""
-        device = self.device
-        last = torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], device=device)
-        logits = self.new_item_gate_sharpness * (self.content[last.clamp(min=0)] @ self.content.T)
-        logits[last < 0] = 0.0
-        shown = torch.ones_like(logits, dtype=torch.bool)
-        for row, excluded in enumerate(exclude if exclude is not None else []):
-            shown[row, torch.as_tensor(np.asarray(excluded, np.int64), device=device)] = False
-        logits = logits.masked_fill(~shown, NEG_INF)
+    def neighbourhood_log_ratio(self, near: tuple[torch.Tensor, torch.Tensor], sharpness: float | None = None
+                                ) -> torch.Tensor:
+        """(users,) log of the added items' share of a softmax of `sharpness` (default
+        new_item_gate_sharpness) x cosine to the last item, over the items the user may be shown,
+        minus log of their share of those items (0 for a user without history); -inf where every
+        added item is excluded. `near`: last_item_similarity(histories, exclude)."""
+        similarity, blocked = near
+        sharpness = self.new_item_gate_sharpness if sharpness is None else sharpness
+        logits = (sharpness * similarity).masked_fill(blocked, NEG_INF)
+        shown = ~blocked
         added = slice(self.n_trained, None)
         neighbourhood = torch.logsumexp(logits[:, added], dim=1) - torch.logsumexp(logits, dim=1)
         catalogue = shown[:, added].sum(dim=1).log() - shown.sum(dim=1).log()
@@ -305,21 +307,30 @@ class ContentPriorRecommender:
         levels = self.new_item_prefix_levels
         return logits + self.new_item_prefix_log_probs(hidden, levels) if levels else logits
 
-    def candidates_of(self, histories, beam_items: np.ndarray, exclude,
-                      hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
-        and their cosine to the last item; what every weight combines (rank_candidates). `hidden`:
-        the users' last states, where the caller has them already."""
-        device, b = self.device, len(histories)
+    def last_item_similarity(self, histories, exclude) -> tuple[torch.Tensor, torch.Tensor]:
+        """(similarity, blocked), each (users, items): every item's cosine to the user's last item (0
+        for a user without history: no prior, and no neighbours) and whether `exclude` holds it."""
+        device = self.device
         last = torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], device=device)
-        similarity = self.content[last.clamp(min=0)] @ self.content.T  # (b, items)
-        similarity[last < 0] = 0.0  # no last item: no prior, and no neighbours below
+        similarity = self.content[last.clamp(min=0)] @ self.content.T
+        similarity[last < 0] = 0.0
         blocked = torch.zeros_like(similarity, dtype=torch.bool)
         for row, excluded in enumerate(exclude if exclude is not None else []):
             blocked[row, torch.as_tensor(np.asarray(excluded, np.int64), device=device)] = True
-        near_score, near = similarity.masked_fill(blocked, NEG_INF).topk(min(self.candidates, self.n_items), dim=1)
-        near[(near_score == NEG_INF) | (last < 0)[:, None]] = -1
-        pool = torch.cat([torch.from_numpy(np.asarray(beam_items)).to(device), near], dim=1)
+        return similarity, blocked
+
+    def candidates_of(self, histories, beam_items: np.ndarray, exclude, hidden: torch.Tensor | None = None,
+                      near: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+        """(pool, log_p, cos), each (users, P): the users' candidates (-1: none), their exact log p
+        and their cosine to the last item; what every weight combines (rank_candidates). `hidden`
+        (the users' last states) and `near` (last_item_similarity), where the caller has them already."""
+        device = self.device
+        last = torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], device=device)
+        similarity, blocked = near or self.last_item_similarity(histories, exclude)
+        neighbour_score, neighbours = similarity.masked_fill(blocked, NEG_INF).topk(min(self.candidates, self.n_items),
+                                                                                   dim=1)
+        neighbours[(neighbour_score == NEG_INF) | (last < 0)[:, None]] = -1
+        pool = torch.cat([torch.from_numpy(np.asarray(beam_items)).to(device), neighbours], dim=1)
         pool, _ = pool.sort(dim=1)
         pool[:, 1:][pool[:, 1:] == pool[:, :-1]] = -1  # each candidate once
         hidden = self.generator.last_states(histories) if hidden is None else hidden
